@@ -1,0 +1,20 @@
+# The two commands of the README. Both install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(if $(VIRTUAL_ENV),python,$(VENV)/bin/python)
+
+.PHONY: install test demo bench
+
+$(if $(VIRTUAL_ENV),,$(VENV)/bin/python):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
+	$(PY) -m pip install -q -r requirements-dev.txt
+
+# Run the whole test suite (CPU only, about N minutes on 2 cores).
+test: install
+	$(PY) -m pytest -q -n 2 tests
+
+# The offline digits demo: train, evaluate, export to ONNX, run ONNX Runtime.
+demo: install
+	PYTHON=$(PY) bash scripts/run_demo.sh

@@ -1,0 +1,192 @@
+"""Building blocks of EfficientNet (V1 and V2).
+
+Every module here lays out its parameters exactly like torchvision's EfficientNet so that
+state_dicts move between the two with ``strict=True``: a conv-BN-activation triple is an
+``nn.Sequential`` indexed ``0`` (conv), ``1`` (BN), ``2`` (activation); a block keeps its layers
+in ``.block``; squeeze-and-excitation names its convolutions ``fc1`` and ``fc2``.
+"""
+
+import torch
+from torch import nn
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never more than 10% below it.
+
+    This is the channel rounding of the TF reference (and torchvision), so widths scaled by a
+    compound coefficient stay hardware-friendly and match the released weights.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv2d (no bias) → BatchNorm2d → optional SiLU, with "same" padding for odd kernels."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        activation: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=(kernel_size - 1) // 2,
+                groups=groups,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
+        ]
+        if activation:
+            layers.append(nn.SiLU(inplace=True))
+        super().__init__(*layers)
+        self.out_channels = out_channels
+
+
+class DepthwiseConvBNAct(ConvBNAct):
+    """Depthwise convolution (one filter per channel) → BN → SiLU: the spatial mixing of MBConv."""
+
+    def __init__(
+        self, channels: int, kernel_size: int, stride: int, bn_eps: float, bn_momentum: float
+    ) -> None:
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            stride=stride,
+            groups=channels,
+            bn_eps=bn_eps,
+            bn_momentum=bn_momentum,
+        )
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention: global average → 1×1 reduce → SiLU → 1×1 expand → sigmoid gate."""
+
+    def __init__(self, channels: int, squeeze_channels: int) -> None:
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze_channels, 1)
+        self.fc2 = nn.Conv2d(squeeze_channels, channels, 1)
+        self.activation = nn.SiLU(inplace=True)
+        self.scale_activation = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The pooled tensor is (N, C, 1, 1): the two 1×1 convs are cheap; the gate costs one pass.
+        scale = self.scale_activation(self.fc2(self.activation(self.fc1(self.avgpool(x)))))
+        return x * scale
+
+
+class StochasticDepth(nn.Module):
+    """Drop a residual branch per sample with probability ``p`` during training (Huang et al.).
+
+    Kept samples are scaled by 1 / (1 - p) so the expectation matches evaluation, where the
+    module is the identity.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"stochastic depth probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device)
+        return x * mask.bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck: 1×1 expand → depthwise k×k → SE → 1×1 linear projection.
+
+    The residual connection (with stochastic depth) is used when stride is 1 and the channel
+    count is unchanged. With expand ratio 1 the expansion conv is omitted, as in the paper.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        expand_ratio: float,
+        kernel_size: int,
+        stride: int,
+        drop_path: float,
+        bn_eps: float,
+        bn_momentum: float,
+    ) -> None:
+        super().__init__()
+        self.use_residual = stride == 1 and in_channels == out_channels
+        expanded = make_divisible(in_channels * expand_ratio)
+        norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        layers: list[nn.Module] = []
+        if expanded != in_channels:
+            layers.append(ConvBNAct(in_channels, expanded, 1, **norm))
+        layers.append(DepthwiseConvBNAct(expanded, kernel_size, stride, **norm))
+        layers.append(SqueezeExcitation(expanded, max(1, in_channels // 4)))
+        layers.append(ConvBNAct(expanded, out_channels, 1, activation=False, **norm))
+        self.block = nn.Sequential(*layers)
+        self.stochastic_depth = StochasticDepth(drop_path)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        if self.use_residual:
+            out = self.stochastic_depth(out) + x
+        return out
+
+
+class FusedMBConv(nn.Module):
+    """EfficientNetV2's early-stage block: the expand and depthwise convs fused into one k×k conv.
+
+    Regular convolutions use accelerators better than depthwise ones at high resolution, which
+    is why V2 uses this block in its first stages. No squeeze-and-excitation here.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        expand_ratio: float,
+        kernel_size: int,
+        stride: int,
+        drop_path: float,
+        bn_eps: float,
+        bn_momentum: float,
+    ) -> None:
+        super().__init__()
+        self.use_residual = stride == 1 and in_channels == out_channels
+        expanded = make_divisible(in_channels * expand_ratio)
+        norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        if expanded != in_channels:
+            layers: list[nn.Module] = [
+                ConvBNAct(in_channels, expanded, kernel_size, stride, **norm),
+                ConvBNAct(expanded, out_channels, 1, activation=False, **norm),
+            ]
+        else:
+            layers = [ConvBNAct(in_channels, out_channels, kernel_size, stride, **norm)]
+        self.block = nn.Sequential(*layers)
+        self.stochastic_depth = StochasticDepth(drop_path)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        if self.use_residual:
+            out = self.stochastic_depth(out) + x
+        return out

@@ -1,0 +1,305 @@
+"""The network is exactly torchvision's: same parameters, same outputs, weights move both ways."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from src.models import (
+    VARIANTS,
+    WeightMismatchError,
+    build_model,
+    get_variant,
+    list_models,
+    load_pretrained,
+)
+from src.models.pretrained import pretrained_url
+from src.models.summary import count_macs
+
+ALL = list_models()
+
+# torchvision's published parameter counts (its weight enums' `_metadata["num_params"]`).
+PUBLISHED_PARAMS = {
+    "efficientnet_b0": 5_288_548,
+    "efficientnet_b1": 7_794_184,
+    "efficientnet_b2": 9_109_994,
+    "efficientnet_b3": 12_233_232,
+    "efficientnet_b4": 19_341_616,
+    "efficientnet_b5": 30_389_784,
+    "efficientnet_b6": 43_040_704,
+    "efficientnet_b7": 66_347_960,
+    "efficientnet_v2_s": 21_458_488,
+    "efficientnet_v2_m": 54_139_356,
+    "efficientnet_v2_l": 118_515_272,
+}
+# torchvision's published GMACs ("GFLOPS" in its tables) at the weights' eval crop.
+PUBLISHED_GMACS = {
+    "efficientnet_b0": 0.386,
+    "efficientnet_b1": 0.687,
+    "efficientnet_b2": 1.088,
+    "efficientnet_b3": 1.827,
+    "efficientnet_b4": 4.394,
+    "efficientnet_b5": 10.266,
+    "efficientnet_b6": 19.068,
+    "efficientnet_b7": 37.746,
+    "efficientnet_v2_s": 8.366,
+    "efficientnet_v2_m": 24.582,
+    "efficientnet_v2_l": 56.08,
+}
+PUBLISHED_DROPOUT = {
+    "efficientnet_b0": 0.2, "efficientnet_b1": 0.2, "efficientnet_b2": 0.3, "efficientnet_b3": 0.3,
+    "efficientnet_b4": 0.4, "efficientnet_b5": 0.4, "efficientnet_b6": 0.5, "efficientnet_b7": 0.5,
+    "efficientnet_v2_s": 0.2, "efficientnet_v2_m": 0.3, "efficientnet_v2_l": 0.4,
+}
+
+
+def _on_meta(fn):
+    with torch.device("meta"):
+        return fn()
+
+
+def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
+    """Give every BN non-trivial statistics and affine terms, so eval outputs exercise them."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def test_list_models_has_the_eleven_variants():
+    assert ALL == [f"efficientnet_b{i}" for i in range(8)] + [
+        "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"
+    ]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_dict_keys_shapes_and_params_equal_torchvision(name):
+    ours = _on_meta(lambda: build_model(name)).state_dict()
+    theirs = _on_meta(lambda: torchvision.models.get_model(name)).state_dict()
+    assert list(ours) == list(theirs)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    params = sum(p.numel() for p in _on_meta(lambda: build_model(name)).parameters())
+    assert params == PUBLISHED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_outputs_equal_torchvision_both_ways(name):
+    torch.manual_seed(0)
+    theirs = torchvision.models.get_model(name).eval()
+    _randomise_bn(theirs, seed=1)
+    ours = build_model(name).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = theirs(x)
+        np.testing.assert_allclose(ours(x).numpy(), expected.numpy(), atol=1e-5, rtol=0)
+        # and the reverse direction: weights of ours (perturbed) load into torchvision
+        _randomise_bn(ours, seed=2)
+        theirs.load_state_dict(ours.state_dict(), strict=True)
+        np.testing.assert_allclose(theirs(x).numpy(), ours(x).numpy(), atol=1e-5, rtol=0)
+    del theirs, ours
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gmacs_within_two_percent_of_published(name):
+    gmacs = count_macs(name) / 1e9
+    assert abs(gmacs - PUBLISHED_GMACS[name]) / PUBLISHED_GMACS[name] < 0.02
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_dropout_and_bn_settings_per_variant(name):
+    model = _on_meta(lambda: build_model(name))
+    assert model.classifier[0].p == PUBLISHED_DROPOUT[name]
+    bn = model.features[0][1]
+    spec = get_variant(name)
+    assert (bn.eps, bn.momentum) == (spec.bn_eps, spec.bn_momentum)
+    expected_eps = 1e-5 if name in {f"efficientnet_b{i}" for i in range(5)} else 1e-3
+    assert bn.eps == expected_eps
+
+
+def test_overrides_dropout_drop_path_in_channels():
+    model = build_model("efficientnet_b0", num_classes=7, dropout=0.5, drop_path_rate=0.4, in_channels=1)
+    assert model.classifier[0].p == 0.5
+    assert model.classifier[1].out_features == 7
+    assert model.features[0][0].in_channels == 1
+    last_block = model.features[-2][-1]
+    n_blocks = sum(len(stage) for stage in model.features[1:-1])
+    assert last_block.stochastic_depth.p == pytest.approx(0.4 * (n_blocks - 1) / n_blocks)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
+
+
+def test_stochastic_depth_active_in_train_identity_in_eval():
+    torch.manual_seed(0)
+    model = build_model("efficientnet_b0", dropout=0.0, drop_path_rate=0.9)
+    block = model.features[2][1]  # a residual block with a large drop probability
+    assert block.use_residual and block.stochastic_depth.p > 0.1
+    x = torch.randn(16, 24, 8, 8)
+    block.eval()
+    with torch.no_grad():
+        branch = block.block(x)
+        assert torch.equal(block(x), branch + x)
+        block.train()
+        torch.manual_seed(3)
+        out = block(x)
+    dropped = [torch.equal(out[i], x[i]) for i in range(16)]
+    # per sample: some samples keep only the shortcut, others do not
+    assert 0 < sum(dropped) < 16
+
+
+def test_stochastic_depth_is_the_identity_in_eval_for_the_whole_model():
+    model = build_model("efficientnet_b0", drop_path_rate=0.5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_unknown_variant_lists_valid_names():
+    with pytest.raises(ValueError, match="efficientnet_b0.*efficientnet_v2_l"):
+        build_model("efficientnet_b9")
+    with pytest.raises(ValueError, match="unknown override"):
+        build_model("efficientnet_b0", width=2.0)
+
+
+def test_wrong_number_of_input_channels_is_a_clear_error():
+    model = build_model("efficientnet_b0").eval()
+    with pytest.raises(ValueError, match=r"expects input of shape \(N, 3, H, W\), got \(1, 1, 32, 32\)"):
+        model(torch.randn(1, 1, 32, 32))
+
+
+def test_mismatching_weight_file_names_key_and_shapes(tmp_path):
+    path = tmp_path / "b0.pth"
+    torch.save(build_model("efficientnet_b0").state_dict(), path)
+    model = build_model("efficientnet_b4")
+    with pytest.raises(
+        WeightMismatchError,
+        match=r"b0\.pth does not fit efficientnet_b4: 'features\.0\.0\.weight' has shape "
+        r"\(32, 3, 3, 3\) in the file but \(48, 3, 3, 3\) in the model",
+    ):
+        load_pretrained(model, str(path))
+    state = build_model("efficientnet_b0").state_dict()
+    del state["features.1.0.block.1.fc1.bias"]
+    torch.save(state, path)
+    with pytest.raises(WeightMismatchError, match=r"'features\.1\.0\.block\.1\.fc1\.bias' is missing"):
+        load_pretrained(build_model("efficientnet_b0"), str(path))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_pretrained(model, str(tmp_path / "missing.pth"))
+
+
+def test_load_pretrained_from_file_new_classifier(tmp_path, capsys):
+    torch.manual_seed(0)
+    source = torchvision.models.efficientnet_b0()
+    path = tmp_path / "tv_b0.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model("efficientnet_b0", num_classes=10)
+    load_pretrained(model, str(path))
+    assert "classifier" in capsys.readouterr().out
+    ours = model.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith("classifier."):
+            assert torch.equal(ours[key], value), key
+    assert ours["classifier.1.weight"].shape == (10, 1280)
+    assert torch.equal(ours["classifier.1.bias"], torch.zeros(10))
+    # same class count: everything, classifier included, loads strictly
+    full = build_model("efficientnet_b0")
+    load_pretrained(full, str(path))
+    assert torch.equal(full.classifier[1].weight, source.classifier[1].weight)
+
+
+def test_load_pretrained_imagenet_reads_torch_hub_cache(tmp_path, monkeypatch):
+    """The download path, served from torch.hub's cache so no network is needed."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = pretrained_url("efficientnet_b0")
+    assert url.startswith("https://download.pytorch.org/models/efficientnet_b0")
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(url)
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    source = torchvision.models.efficientnet_b0()
+    torch.save(source.state_dict(), cached)
+    model = build_model("efficientnet_b0")
+    load_pretrained(model, "imagenet", progress=False)
+    assert torch.equal(model.features[0][0].weight, source.features[0][0].weight)
+
+
+def _train_step(model, x, y):
+    model.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_v2_s"])
+def test_grad_checkpointing_equals_plain_path(name):
+    torch.manual_seed(0)
+    plain = build_model(name, num_classes=5, dropout=0.0).train()
+    ckpt = build_model(name, num_classes=5, dropout=0.0).train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.set_grad_checkpointing(True)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(7)  # stochastic depth draws the same masks in both runs
+    loss_a, grads_a = _train_step(plain, x, y)
+    torch.manual_seed(7)
+    loss_b, grads_b = _train_step(ckpt, x, y)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    for key in grads_a:
+        torch.testing.assert_close(grads_b[key], grads_a[key], atol=1e-5, rtol=1e-4, msg=key)
+    # BN running statistics are updated once, as in the plain path, despite the recomputation
+    sa, sb = plain.state_dict(), ckpt.state_dict()
+    for key in sa:
+        if "running" in key or "num_batches" in key:
+            torch.testing.assert_close(sb[key], sa[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_onnx_export_dynamic_batch_matches_pytorch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = build_model("efficientnet_b0", num_classes=10).eval()
+    _randomise_bn(model, seed=0)
+    path = tmp_path / "b0.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.randn(1, 3, 64, 64),), str(path), dynamo=False,
+            input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        (got,) = session.run(None, {"input": x.numpy()})
+        assert got.shape == (batch, 10)
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_trace_and_script_are_clean_and_equal():
+    model = build_model("efficientnet_b0").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, torch.randn(1, 3, 32, 32))
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert torch.equal(traced(x), model(x))
+        assert torch.allclose(scripted(x), model(x), atol=1e-6)
+
+
+def test_variant_metadata_matches_torchvision_weights():
+    from torchvision.models import get_model_weights
+
+    for name, spec in VARIANTS.items():
+        weights = get_model_weights(name)["IMAGENET1K_V1"]
+        preset = weights.transforms()
+        assert preset.crop_size == [spec.eval_crop], name
+        assert preset.resize_size == [spec.eval_resize], name
+        assert preset.interpolation.value == spec.interpolation, name
+        assert tuple(preset.mean) == spec.mean and tuple(preset.std) == spec.std, name
+        assert weights.meta["_metrics"]["ImageNet-1K"]["acc@1"] == spec.acc1, name
