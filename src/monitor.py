@@ -1,0 +1,225 @@
+"""Training progress: ModelZoo-style log lines, train.log, metrics.jsonl, a tqdm bar and curves.
+
+The line formats follow MindSpore ModelZoo's EfficientNet logs so runs can be compared side by
+side, extended with throughput, data-loader wait share and GPU memory, the three numbers that
+explain a slow run. Only the main process prints or writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from src.plot import save_curves_png
+
+LOG_FILE = "train.log"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+LR_FIXED_MIN = 1e-3  # below this a fixed 6-decimal LR would lose digits ('0.000007'), so use e-notation
+BYTES_PER_GB = 1e9
+MS_PER_S = 1000.0
+
+
+def format_lr(lr: float) -> str:
+    """0.052 -> '0.052000', 7e-06 -> '7.0e-06': small warmup/final LRs stay readable."""
+    return f"{lr:.6f}" if lr == 0 or abs(lr) >= LR_FIXED_MIN else f"{lr:.1e}"
+
+
+def format_step_line(epoch: int, epochs: int, step: int, steps: int, loss: float, avg_loss: float,
+                     ms_per_step: float, lr: float, img_per_s: float, data_share: float,
+                     mem_gb: float | None = None) -> str:
+    """ModelZoo's per-step line (epoch 0-based, step 1-based within the epoch) plus img/s, data, mem."""
+    line = (f"epoch: [{epoch:3d}/{epochs:3d}], step:[{step:5d}/{steps:5d}], "
+            f"loss:[{loss:.3f}/{avg_loss:.3f}], time:[{ms_per_step:.1f}], lr:[{format_lr(lr)}], "
+            f"img/s:[{img_per_s:.1f}], data:[{data_share * 100:.0f}%]")
+    return line if mem_gb is None else f"{line}, mem:[{mem_gb:.2f}GB]"
+
+
+def format_epoch_line(epoch_ms: float, per_step_ms: float, avg_loss: float, img_per_s: float,
+                      broken_images: int = 0) -> str:
+    line = (f"epoch time: {epoch_ms:.3f}, per step time: {per_step_ms:.3f}, avg loss: {avg_loss:.3f}, "
+            f"img/s: {img_per_s:.1f}")
+    return line if broken_images == 0 else f"{line}, broken images: {broken_images}"
+
+
+def format_val_line(epoch: int, epochs: int, top1: float, top5: float, loss: float | None = None,
+                    tag: str | None = None) -> str:
+    name = f"val({tag})" if tag else "val"
+    line = f"{name}: epoch: [{epoch:3d}/{epochs:3d}], top-1: {top1:.5f}, top-5: {top5:.5f}"
+    return line if loss is None else f"{line}, loss: {loss:.4f}"
+
+
+def _to_float(value: float | torch.Tensor) -> float:
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _json_safe(record: dict) -> dict:
+    """NaN/inf become null so every line stays valid JSON for strict readers (jq, pandas)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+class TrainMonitor:
+    """Call ``start_epoch``, ``update`` once per optimizer step, ``end_epoch``, ``log_val``, ``close``.
+
+    ``update`` accepts the loss as a tensor and only calls ``.item()`` at log intervals, so it
+    does not force a GPU sync every step. ``images`` should be the global batch (all ranks) to
+    report the job's throughput.
+    """
+
+    def __init__(self, run_dir: str | Path, epochs: int, steps_per_epoch: int, log_interval: int,
+                 is_main: bool = True, use_tqdm: bool | None = None, device: torch.device | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.log_interval = max(1, log_interval)
+        self.is_main = is_main
+        self.use_tqdm = is_main and (sys.stdout.isatty() if use_tqdm is None else use_tqdm)
+        self.show_memory = device is not None and torch.device(device).type == "cuda"
+        self._bar = None
+        if is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- output -------------------------------------------------------------------------------
+    def log(self, line: str) -> None:
+        """Print (around the progress bar) and append to train.log."""
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.write(line)
+        else:
+            print(line, flush=True)
+        with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def record(self, kind: str, **fields) -> None:
+        if self.is_main:
+            with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(_json_safe({"type": kind, **fields})) + "\n")
+
+    # --- per step -----------------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.step_in_epoch = epoch, 0
+        self._loss_sum: float | torch.Tensor = 0.0
+        self._epoch_start = self._window_start = time.perf_counter()
+        self._epoch_images = self._window_images = self._window_steps = 0
+        self._window_data = 0.0
+        if self.use_tqdm:
+            from tqdm import tqdm
+            self._bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}",
+                             leave=False, dynamic_ncols=True)
+
+    def update(self, loss: float | torch.Tensor, lr: float, images: int, data_time: float = 0.0) -> None:
+        """Account one optimizer step; ``data_time`` is seconds spent waiting for the batch."""
+        self.step_in_epoch += 1
+        loss = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+        self._loss_sum = self._loss_sum + loss
+        self._epoch_images += images
+        self._window_images += images
+        self._window_steps += 1
+        self._window_data += data_time
+        if self._bar is not None:
+            self._bar.update(1)
+        if self.step_in_epoch % self.log_interval == 0 or self.step_in_epoch == self.steps_per_epoch:
+            self._log_window(_to_float(loss), lr)
+
+    def _log_window(self, loss: float, lr: float) -> None:
+        now = time.perf_counter()
+        elapsed = max(now - self._window_start, 1e-9)
+        avg_loss = _to_float(self._loss_sum) / self.step_in_epoch
+        stats = {"ms_per_step": elapsed * MS_PER_S / self._window_steps, "img_per_s": self._window_images / elapsed,
+                 "data_share": min(self._window_data / elapsed, 1.0)}
+        mem_gb = torch.cuda.max_memory_allocated() / BYTES_PER_GB if self.show_memory else None
+        self.log(format_step_line(self.epoch, self.epochs, self.step_in_epoch, self.steps_per_epoch, loss,
+                                  avg_loss, lr=lr, mem_gb=mem_gb, **stats))
+        self.record("step", epoch=self.epoch, step=self.step_in_epoch,
+                    global_step=self.epoch * self.steps_per_epoch + self.step_in_epoch,
+                    epoch_progress=self.epoch + self.step_in_epoch / self.steps_per_epoch,
+                    loss=loss, avg_loss=avg_loss, lr=lr, mem_gb=mem_gb, **stats)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{avg_loss:.3f}", lr=format_lr(lr))
+        self._window_start, self._window_images, self._window_steps, self._window_data = now, 0, 0, 0.0
+
+    # --- per epoch ----------------------------------------------------------------------------
+    def end_epoch(self, broken_images: int = 0) -> dict:
+        """Log the epoch summary and return it (avg_loss feeds schedulers / early stopping)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        epoch_ms = (time.perf_counter() - self._epoch_start) * MS_PER_S
+        steps = max(self.step_in_epoch, 1)
+        summary = {"epoch": self.epoch, "epoch_time_ms": epoch_ms, "per_step_ms": epoch_ms / steps,
+                   "avg_loss": _to_float(self._loss_sum) / steps,
+                   "img_per_s": self._epoch_images / max(epoch_ms / MS_PER_S, 1e-9), "broken_images": broken_images}
+        self.log(format_epoch_line(epoch_ms, summary["per_step_ms"], summary["avg_loss"], summary["img_per_s"],
+                                   broken_images))
+        self.record("epoch", **summary)
+        return summary
+
+    def log_val(self, epoch: int, top1: float, top5: float, loss: float | None = None,
+                tag: str | None = None) -> None:
+        """Validation after ``epoch`` (0-based); ``tag`` separates e.g. the EMA model ('ema')."""
+        self.log(format_val_line(epoch, self.epochs, top1, top5, loss, tag))
+        self.record("val", epoch=epoch, top1=top1, top5=top5, loss=loss, tag=tag)
+
+    def close(self) -> Path | None:
+        """Finish the bar and draw curves.png from metrics.jsonl; returns its path (main only)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        metrics = self.run_dir / METRICS_FILE
+        if not self.is_main or not metrics.is_file():
+            return None
+        return save_curves_png(metrics, self.run_dir / CURVES_FILE)
+
+
+class BestTracker:
+    """Remembers the best metric seen; ``update`` says whether the new value is a new best."""
+
+    def __init__(self, mode: str = "max", best: float | None = None) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.mode, self.best = mode, best
+
+    def is_better(self, value: float, min_delta: float = 0.0) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best + min_delta if self.mode == "max" else value < self.best - min_delta
+
+    def update(self, value: float) -> bool:
+        if self.is_better(value):
+            self.best = value
+            return True
+        return False
+
+
+class EarlyStopping:
+    """Stop after ``patience`` evaluations without an improvement larger than ``min_delta``."""
+
+    def __init__(self, patience: int, mode: str = "max", min_delta: float = 0.0) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.patience, self.min_delta = patience, min_delta
+        self.tracker = BestTracker(mode)
+        self.bad_epochs = 0
+
+    def step(self, value: float) -> bool:
+        """Record one evaluation; True means training should stop now."""
+        if self.tracker.is_better(value, self.min_delta):
+            self.tracker.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    @property
+    def best(self) -> float | None:
+        return self.tracker.best
+
+    def state_dict(self) -> dict:
+        return {"best": self.tracker.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tracker.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
