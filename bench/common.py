@@ -1,0 +1,92 @@
+"""Shared helpers of the benchmark modes: paired timing, machine description, tables, JSON."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on, stored next to them."""
+    info = {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], iters: int, device: torch.device) -> float:
+    """Seconds per call of ``fn``, averaged over ``iters`` calls after the caller's warm-up."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+def paired_rounds(
+    candidates: dict[str, Callable[[], object]], rounds: int, iters: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Time every candidate once per round, alternating the order, so drift hits all equally.
+
+    Returns seconds per call for each candidate and round; ratios are taken per round.
+    """
+    names = list(candidates)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            times[name].append(time_call(candidates[name], iters, device))
+    return times
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of speed(a) / speed(b) = time(b) / time(a)."""
+    return statistics.median(tb / ta for ta, tb in zip(a, b))
+
+
+def format_table(headers: list[str], rows: list[list[object]]) -> str:
+    """A markdown table, as pasted into the README."""
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:,.1f}" if abs(v) >= 10 else f"{v:.3f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+    print(f"wrote {path}")
