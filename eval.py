@@ -1,0 +1,386 @@
+"""Evaluate a checkpoint on a folder of class folders: loss, top-1, top-5 over every image.
+
+    python eval.py --checkpoint_path checkpoint/efficientnet_b2-350_625.pth --dataset_path /data/imagenet
+    python eval.py --model efficientnet_b0 --pretrained --dataset_path /data/imagenet   # torchvision weights
+    torchrun --nproc_per_node 8 eval.py --checkpoint_path ... --dataset_path ...     # same numbers, faster
+
+The checkpoint is a train.py checkpoint (model name, classes and preprocessing are read from it), a
+plain state_dict such as torchvision's (``--model`` names the variant; the class count comes from
+``classifier.1.weight``), or ``--pretrained [imagenet|PATH]``. ``--dataset_path`` is a dataset root
+(its val/ is used) or any folder of class folders. Bad input ends with one ``error: ...`` line and
+exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from src.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
+from src.config import Config, ConfigError, read_yaml
+from src.dataset import ImageFolderDataset, ShardedEvalSampler, collate_skip_broken
+from src.distributed import DistInfo, DistributedError, cleanup, init_distributed
+from src.evaluate import AMP_DTYPES, EvalResult, evaluate, format_result_line, format_summary, write_confusion_csv
+from src.models import WeightMismatchError, build_model, check_fits, get_variant, load_pretrained
+from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
+from src.models.pretrained import PRETRAINED_TAG, pretrained_url
+from src.preprocess import INTERPOLATIONS, DatasetError, Preprocess, list_class_folders, resolve_eval_folder
+from src.transforms import build_eval_transform
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_BATCH_SIZE = 64
+MAX_DEFAULT_WORKERS = 8
+CLASSIFIER_WEIGHT = "classifier.1.weight"  # its rows are the class count of a state_dict
+IMAGENET = "imagenet"
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD)}
+# Config keys eval.py honours when a --config YAML sets them (command-line flags still win).
+# `pretrained` is left out on purpose: in a training YAML it names the fine-tuning start, not what to score.
+CONFIG_KEYS = ("model", "dataset_path", "checkpoint_path", "device_target", "batch_size",
+               "eval_batch_size", "num_workers", "image_size", "eval_resize", "eval_crop", "interpolation",
+               "normalization", "amp", "channels_last", "class_num")
+
+
+class EvalInputError(ValueError):
+    """Bad command-line input; eval.py prints it as one ``error:`` line and exits with status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise EvalInputError(f"{message} (see python eval.py --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = p.add_argument
+    add("--checkpoint_path", metavar="PATH", help="train.py checkpoint or a plain state_dict file")
+    add("--dataset_path", metavar="DIR", help="dataset root (its val/ is used) or a folder of class folders")
+    add("--model", metavar="NAME", help="variant name; needed for plain state_dicts and --pretrained")
+    add("--config", metavar="FILE", help="YAML config; its model, batch, worker and eval_* keys are used")
+    add("--device_target", type=str.upper, choices=("GPU", "CPU"),
+        help="default: the config's, else GPU when CUDA is available, else CPU")
+    add("--batch_size", type=int, metavar="N", help=f"images per batch per process (default {DEFAULT_BATCH_SIZE})")
+    add("--num_workers", type=int, metavar="N", help="data loader processes per process")
+    add("--use_ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    add("--pretrained", nargs="?", const=IMAGENET, metavar="imagenet|PATH",
+        help="torchvision's ImageNet weights for --model (downloaded once), or a local weight file")
+    add("--output_json", metavar="PATH", help="write all metrics (per class too) to this JSON file")
+    add("--confusion_csv", metavar="PATH", help="write the confusion matrix (rows: true, columns: predicted)")
+    add("--resize", type=int, metavar="N", help="resize the shorter side to N (alone: keeps the crop ratio)")
+    add("--crop", type=int, metavar="N", help="center crop N (alone: keeps the resize/crop ratio)")
+    add("--interpolation", choices=sorted(INTERPOLATIONS), help="resize filter")
+    add("--amp", choices=tuple(AMP_DTYPES), help="autocast dtype (default none)")
+    add("--check", action="store_true", help="only validate the inputs (data, weights, classes) and exit; "
+        "run_eval.sh uses it before a torchrun launch so bad input gives one error line")
+    return p
+
+
+@dataclass
+class Settings:
+    """Command line merged over the --config YAML (only keys the YAML sets explicitly)."""
+
+    checkpoint_path: str | None
+    dataset_path: str
+    model: str | None
+    model_origin: str  # "--model" or "config key 'model'", for error messages
+    pretrained: str | None
+    device_target: str
+    batch_size: int
+    num_workers: int
+    use_ema: bool
+    amp: str
+    channels_last: bool
+    class_num: int | None
+    config: dict[str, Any]
+    args: argparse.Namespace
+
+
+def read_config(path: str | None) -> dict[str, Any]:
+    """The validated keys a YAML sets explicitly (schema defaults are not used by eval.py)."""
+    if path is None:
+        return {}
+    values = read_yaml(path)
+    cfg = Config(**values)  # validates types and ranges, naming the key
+    return {key: getattr(cfg, key) for key in CONFIG_KEYS if key in values}
+
+
+def merge_settings(args: argparse.Namespace) -> Settings:
+    cfg = read_config(args.config)
+
+    def pick(name: str, default: Any = None) -> Any:
+        value = getattr(args, name, None)
+        return value if value is not None else cfg.get(name, default)
+
+    dataset_path = pick("dataset_path")
+    if not dataset_path:
+        raise EvalInputError("--dataset_path is required (a dataset root or a folder of class folders)")
+    if args.checkpoint_path and args.pretrained:
+        raise EvalInputError("give either --checkpoint_path or --pretrained, not both")
+    checkpoint_path = None if args.pretrained else pick("checkpoint_path")
+    if not checkpoint_path and not args.pretrained:
+        raise EvalInputError("nothing to evaluate: pass --checkpoint_path FILE or --model NAME --pretrained")
+    device_target = pick("device_target") or ("GPU" if torch.cuda.is_available() else "CPU")
+    batch_size = next(v for v in (args.batch_size, cfg.get("eval_batch_size"), cfg.get("batch_size"),
+                                  DEFAULT_BATCH_SIZE) if v is not None)
+    num_workers = pick("num_workers", min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+    if batch_size < 1 or num_workers < 0:
+        raise EvalInputError(f"--batch_size must be >= 1 and --num_workers >= 0, "
+                             f"got {batch_size} and {num_workers}")
+    channels_last = cfg.get("channels_last")
+    return Settings(checkpoint_path=checkpoint_path, dataset_path=str(dataset_path), model=pick("model"),
+                    model_origin="--model" if args.model else "config key 'model'", pretrained=args.pretrained,
+                    device_target=device_target, batch_size=int(batch_size),
+                    num_workers=int(num_workers), use_ema=args.use_ema, amp=pick("amp", "none"),
+                    channels_last=(device_target == "GPU") if channels_last is None else channels_last,
+                    class_num=cfg.get("class_num") or None, config=cfg, args=args)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    name: str
+    num_classes: int
+    classes: list[str] | None  # names in the model's output order, when the checkpoint has them
+    preprocess: Preprocess | None  # the checkpoint's own eval preprocessing, when it has one
+    source: str  # shown after "ckpt =" and in the JSON
+
+
+def _variant_name(name: str | None, why: str) -> str:
+    if not name:
+        raise EvalInputError(f"{why}: pass --model NAME (e.g. --model efficientnet_b0)")
+    try:
+        return get_variant(name).name
+    except ValueError as exc:
+        raise EvalInputError(str(exc)) from None
+
+
+def _class_count(state: dict[str, torch.Tensor], source: str) -> int:
+    weight = state.get(CLASSIFIER_WEIGHT)
+    if weight is None or weight.dim() != 2:
+        raise WeightMismatchError(f"{source} has no {CLASSIFIER_WEIGHT!r}; is it an EfficientNet state_dict?")
+    return int(weight.shape[0])
+
+
+def _check_class_num(s: Settings, num_classes: int, source: str) -> None:
+    if s.class_num is not None and s.class_num != num_classes:
+        raise WeightMismatchError(f"{source} has {num_classes} classes but the config's class_num "
+                                  f"is {s.class_num}")
+
+
+def _build_loaded(name: str, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+    model = build_model(name, num_classes=_class_count(state, source))
+    check_fits(model, state, source)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_from_checkpoint(s: Settings) -> LoadedModel:
+    """A train.py checkpoint (self-describing) or a plain state_dict (needs --model)."""
+    path = str(s.checkpoint_path)
+    obj = load_checkpoint(path)
+    if s.use_ema and obj.get("ema") is None:
+        raise EvalInputError(f"{path} has no EMA weights (trained without ema_decay); drop --use_ema")
+    state = extract_state_dict(obj, use_ema=s.use_ema)
+    saved_name = obj.get("model_name") if isinstance(obj.get("model_name"), str) else None
+    if saved_name and s.model and s.model != saved_name:
+        raise EvalInputError(f"{path} holds {saved_name} weights but {s.model_origin} is {s.model}; "
+                             f"drop it or pass the matching checkpoint")
+    name = _variant_name(saved_name or s.model, f"{path} is a plain state_dict without a model name")
+    num_classes = _class_count(state, path)
+    _check_class_num(s, num_classes, path)
+    classes = obj.get("classes") if saved_name else None
+    if classes is not None and len(classes) != num_classes:
+        raise CheckpointError(f"{path} lists {len(classes)} class names but its classifier has "
+                              f"{num_classes} outputs")
+    preprocess = None
+    if saved_name and isinstance(obj.get("preprocess"), dict):
+        try:
+            preprocess = Preprocess.from_dict(obj["preprocess"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path} has an unusable 'preprocess' entry: {exc}") from None
+    model = _build_loaded(name, state, path)
+    return LoadedModel(model, name, num_classes, [str(c) for c in classes] if classes else None, preprocess, path)
+
+
+def load_from_pretrained(s: Settings, progress: bool) -> LoadedModel:
+    """torchvision's published ImageNet weights, or a local weight file, through load_pretrained."""
+    name = _variant_name(s.model, "--pretrained needs the variant")
+    if s.pretrained in (IMAGENET, PRETRAINED_TAG):
+        num_classes, source = 1000, f"torchvision {name} {PRETRAINED_TAG}"
+        _check_class_num(s, num_classes, source)
+        model = build_model(name, num_classes=num_classes)
+        try:
+            load_pretrained(model, IMAGENET, progress=progress)
+        except (OSError, RuntimeError) as exc:
+            raise EvalInputError(f"cannot download {source} ({exc}); fetch {pretrained_url(name)} "
+                                 f"by hand and pass --pretrained PATH") from None
+        return LoadedModel(model, name, num_classes, None, None, source)
+    path = str(s.pretrained)
+    # Read once safely to learn the class count: load_pretrained would otherwise re-initialise a
+    # classifier whose size differs from the model's, which is right for fine-tuning, wrong here.
+    num_classes = _class_count(extract_state_dict(load_checkpoint(path)), path)
+    _check_class_num(s, num_classes, path)
+    model = build_model(name, num_classes=num_classes)
+    load_pretrained(model, path, progress=progress)
+    return LoadedModel(model, name, num_classes, None, None, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing and classes
+# --------------------------------------------------------------------------------------------
+def base_preprocess(loaded: LoadedModel, s: Settings) -> Preprocess:
+    """The checkpoint's own preprocessing; else the YAML's image_size at the variant's crop ratio;
+    else the variant's published settings."""
+    if loaded.preprocess is not None:
+        return loaded.preprocess
+    spec = get_variant(loaded.name)
+    image_size = s.config.get("image_size")
+    return Preprocess.for_image_size(image_size, spec) if image_size else Preprocess.for_variant(spec)
+
+
+def resolve_preprocess(base: Preprocess, s: Settings) -> Preprocess:
+    """``base`` < the YAML's eval_* / normalization keys < --resize/--crop/--interpolation.
+
+    When only one of resize and crop is given, the other keeps the base resize/crop ratio
+    (B0 at ``--crop 32``: resize 37, as 256 -> 224).
+    """
+    cfg, args = s.config, s.args
+    for flag, value in (("--resize", args.resize), ("--crop", args.crop)):
+        if value is not None and value < 1:
+            raise EvalInputError(f"{flag} must be a positive number of pixels, got {value}")
+    resize = args.resize if args.resize is not None else cfg.get("eval_resize")
+    crop = args.crop if args.crop is not None else cfg.get("eval_crop")
+    if resize is not None and crop is None:
+        crop = round(resize * base.crop / base.resize)
+    elif crop is not None and resize is None:
+        resize = round(crop * base.resize / base.crop)
+    mean, std = NORMALIZATIONS.get(cfg.get("normalization", "variant"), (base.mean, base.std))
+    return replace(base, resize=base.resize if resize is None else resize,
+                   crop=base.crop if crop is None else crop, mean=mean, std=std,
+                   interpolation=args.interpolation or cfg.get("interpolation") or base.interpolation)
+
+
+def map_classes(folder: Path, folder_classes: list[str], samples: list[tuple[str, int]],
+                loaded: LoadedModel) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names in model output order, samples relabelled to model indices).
+
+    With class names in the checkpoint, folders match by name (a subset is fine). Without them
+    the i-th sorted folder is class i, as in training with sorted class folders.
+    """
+    if loaded.classes is not None:
+        index = {name: i for i, name in enumerate(loaded.classes)}
+        unknown = [name for name in folder_classes if name not in index]
+        if unknown:
+            shown = ", ".join(loaded.classes[:5]) + (", ..." if len(loaded.classes) > 5 else "")
+            raise DatasetError(f"class folder {unknown[0]!r} in {folder} is not one of the checkpoint's "
+                               f"{len(loaded.classes)} classes ({shown})"
+                               + (f"; {len(unknown)} folders do not match" if len(unknown) > 1 else ""))
+        relabel = [index[name] for name in folder_classes]
+        return list(loaded.classes), [(path, relabel[label]) for path, label in samples]
+    if len(folder_classes) > loaded.num_classes:
+        raise DatasetError(f"{folder} has {len(folder_classes)} class folders but the model has only "
+                           f"{loaded.num_classes} classes; point --dataset_path at the matching data")
+    names = list(folder_classes) + [f"class_{i}" for i in range(len(folder_classes), loaded.num_classes)]
+    return names, samples
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+def build_loader(samples: list[tuple[str, int]], classes: list[str], pre: Preprocess, s: Settings,
+                 info: DistInfo) -> DataLoader:
+    dataset = ImageFolderDataset(samples, classes, build_eval_transform(pre))
+    return DataLoader(dataset, batch_size=s.batch_size, shuffle=False,
+                      sampler=ShardedEvalSampler(len(dataset), info.rank, info.world_size),
+                      num_workers=s.num_workers, collate_fn=collate_skip_broken,
+                      pin_memory=info.device.type == "cuda", drop_last=False)
+
+
+def report(result: EvalResult, loaded: LoadedModel, classes: list[str], pre: Preprocess, folder: Path,
+           s: Settings, info: DistInfo) -> None:
+    """Rank 0: the ModelZoo result line, a readable summary, and the optional JSON/CSV files."""
+    print(format_result_line(result, loaded.source), flush=True)
+    print(format_summary(result, classes), flush=True)
+    if result.broken:
+        shown = ", ".join(result.broken_paths[:3])
+        print(f"warning: {result.broken} unreadable images were not scored (e.g. {shown})", file=sys.stderr)
+    if s.args.output_json:
+        payload = {**result.to_dict(classes), "checkpoint": loaded.source, "model": loaded.name,
+                   "num_classes": loaded.num_classes, "use_ema": s.use_ema, "preprocess": pre.to_dict(),
+                   "dataset": str(folder), "world_size": info.world_size, "device": str(info.device)}
+        path = Path(s.args.output_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {path}")
+    if s.args.confusion_csv:
+        path = Path(s.args.confusion_csv)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_confusion_csv(result, classes, str(path))
+        print(f"confusion matrix written to {path}")
+
+
+def _is_main_launch() -> bool:
+    """Before the process group exists: rank 0 (or no launcher) prints and shows download progress."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def run(argv: Sequence[str] | None) -> int:
+    s = merge_settings(build_parser().parse_args(argv))
+    # Everything that can be wrong with the input is checked before joining the process group,
+    # so a bad path fails fast on every rank instead of leaving others waiting in a collective.
+    folder = resolve_eval_folder(s.dataset_path)
+    folder_classes, samples = list_class_folders(folder)
+    loaded = load_from_checkpoint(s) if s.checkpoint_path else load_from_pretrained(s, _is_main_launch())
+    classes, samples = map_classes(folder, folder_classes, samples, loaded)
+    pre = resolve_preprocess(base_preprocess(loaded, s), s)
+    if s.args.check:
+        print(f"ok: {loaded.source} ({loaded.name}, {loaded.num_classes} classes) fits; "
+              f"{len(samples)} images in {folder}")
+        return 0
+    info = init_distributed(s.device_target)
+    try:
+        if info.is_main:
+            print(f"evaluating {loaded.name} ({loaded.num_classes} classes{', EMA weights' if s.use_ema else ''}) "
+                  f"on {len(samples)} images in {len(folder_classes)} class folders of {folder}; "
+                  f"resize {pre.resize} -> crop {pre.crop} {pre.interpolation}, batch {s.batch_size} x "
+                  f"{info.world_size} process(es), device {info.device}", flush=True)
+        model = loaded.model.to(info.device)
+        if s.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        result = evaluate(model, build_loader(samples, classes, pre, s, info), info.device, pre.mean, pre.std,
+                          loaded.num_classes, channels_last=s.channels_last, amp=s.amp)
+        if result.count == 0:
+            raise DatasetError(f"none of the {result.broken} images in {folder} could be read")
+        if info.is_main:
+            report(result, loaded, classes, pre, folder, s, info)
+    finally:
+        cleanup()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: 0 on success, 2 with one ``error:`` line on bad input."""
+    try:
+        return run(argv)
+    except (EvalInputError, CheckpointError, DatasetError, WeightMismatchError, ConfigError,
+            DistributedError, OSError) as exc:
+        rank = "" if _is_main_launch() else f"[rank {os.environ.get('RANK')}] "
+        print(f"error: {rank}{exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

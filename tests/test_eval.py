@@ -1,0 +1,413 @@
+"""eval.py, src/evaluate.py and scripts/run_eval.sh: every image scored once, exact metrics, clear errors."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import eval as eval_entry
+from src.dataset import ImageFolderDataset, collate_skip_broken, to_device_normalized
+from src.evaluate import evaluate, format_result_line
+from src.models import build_model, get_variant
+from src.models.pretrained import pretrained_url
+from src.preprocess import Preprocess, eval_image, list_class_folders, load_rgb
+from src.transforms import build_eval_transform
+from tests.helpers_data import class_name, make_image_folder, shape_image, smooth_photo, write_broken_file
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NUM_IMAGES = 103  # odd on purpose: 103 = 6 full batches of 16 + 7, and not divisible by 2 ranks
+PER_CLASS = [15, 15, 15, 15, 15, 14, 14]  # 7 classes, so top-5 is a real top-5
+CLASSES = [class_name(i) for i in range(len(PER_CLASS))]
+TV_IMAGES = 24  # the torchvision model's 3-class set: 3 x 8
+BATCH = 16
+CROP = 32
+B0_SMALL = Preprocess(37, CROP, "bicubic", IMAGENET_MEAN, IMAGENET_STD)  # B0's 256 -> 224 ratio at 32 px
+FAST = ["--device_target", "CPU", "--num_workers", "0", "--batch_size", str(BATCH)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: with other test processes on the same cores, OpenMP workers that
+    spin-wait for each other make tiny in-process evals many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _spread_classifier(model: nn.Module, seed: int) -> nn.Module:
+    """Large random classifier weights so a randomly initialised net predicts varied classes."""
+    g = torch.Generator().manual_seed(seed)
+    linear = model.classifier[1]
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=g) * 2.0)
+        linear.bias.copy_(torch.randn(linear.bias.shape, generator=g))
+    return model.eval()
+
+
+def _train_checkpoint(model: nn.Module, ema: dict | None = None) -> dict:
+    """The dict train.py writes (CONTRACTS.md), reduced to what eval.py reads."""
+    return {"model": model.state_dict(), "epoch": 1, "step": 7, "config": {}, "model_name": "efficientnet_b0",
+            "num_classes": len(CLASSES), "classes": list(CLASSES), "preprocess": B0_SMALL.to_dict(), "ema": ema}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """A dataset root with val/ of 103 images in 7 classes and a train.py checkpoint of a 7-class B0;
+    a 3-class folder of 24 images and a torchvision efficientnet_b0(num_classes=3) state_dict."""
+    import torchvision
+
+    tmp = tmp_path_factory.mktemp("eval")
+    root = make_image_folder(tmp / "data", classes=len(CLASSES), per_class=min(PER_CLASS), size=(40, 34),
+                             split="val")
+    rng = np.random.default_rng(7)
+    for k, count in enumerate(PER_CLASS):
+        for j in range(min(PER_CLASS), count):
+            shape_image(k, len(CLASSES), (36, 40), rng).save(root / "val" / CLASSES[k] / f"extra_{j}.jpg")
+    root3 = make_image_folder(tmp / "data3", classes=3, per_class=TV_IMAGES // 3, size=(40, 34), seed=1)
+    torch.manual_seed(0)
+    ours = _spread_classifier(build_model("efficientnet_b0", num_classes=len(CLASSES)), seed=1)
+    torch.save(_train_checkpoint(ours), tmp / "b0-1_7.pth")
+    torch.manual_seed(0)
+    tv = _spread_classifier(torchvision.models.efficientnet_b0(num_classes=3), seed=2)
+    torch.save(tv.state_dict(), tmp / "tv_b0_3cls.pth")
+    return {"tmp": tmp, "root": root, "root3": root3, "ckpt": tmp / "b0-1_7.pth", "tv": tmp / "tv_b0_3cls.pth"}
+
+
+def _run_main(capsys, argv: list[str]) -> tuple[int, str, str]:
+    code = eval_entry.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _result_line(stdout: str) -> str:
+    lines = [line for line in stdout.splitlines() if line.startswith("result: ")]
+    assert len(lines) == 1, stdout  # printed once, by rank 0 only
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def single_run(files, tmp_path_factory) -> dict:
+    """One in-process eval of the train.py checkpoint: JSON, confusion CSV and stdout."""
+    out_dir = tmp_path_factory.mktemp("single")
+    argv = ["--checkpoint_path", files["ckpt"], "--dataset_path", files["root"], *FAST,
+            "--output_json", out_dir / "m.json", "--confusion_csv", out_dir / "cm.csv"]
+    buf = io.StringIO()  # capsys is function-scoped; this fixture is shared by several tests
+    with contextlib.redirect_stdout(buf):
+        code = eval_entry.main([str(a) for a in argv])
+    assert code == 0, buf.getvalue()
+    return {"json": json.loads((out_dir / "m.json").read_text()), "csv": out_dir / "cm.csv",
+            "stdout": buf.getvalue()}
+
+
+# ---------------------------------------------------------------- counting, alone and distributed
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_odd_sized_set_scores_every_image_once_alone_and_under_torchrun(files, single_run, tmp_path):
+    alone = single_run["json"]
+    assert alone["images"] == NUM_IMAGES and alone["unreadable_images"] == 0
+    assert alone["top_k"] == 5
+    assert 0 < alone["correct_top1"] < alone["correct_top5"] < NUM_IMAGES  # non-degenerate predictions
+    assert alone["preprocess"] == B0_SMALL.to_dict()  # taken from the checkpoint
+
+    out_json = tmp_path / "dist.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(REPO / "eval.py"), "--checkpoint_path", str(files["ckpt"]),
+           "--dataset_path", str(files["root"]), *FAST, "--output_json", str(out_json)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dist = json.loads(out_json.read_text())
+    assert dist["world_size"] == 2
+    assert dist["images"] == NUM_IMAGES
+    for key in ("correct_top1", "correct_top5", "per_class"):
+        assert dist[key] == alone[key], key
+    assert dist["Top_1_Acc"] == alone["Top_1_Acc"] and dist["Top_5_Acc"] == alone["Top_5_Acc"]
+    assert dist["Loss"] == pytest.approx(alone["Loss"], rel=1e-6)
+    assert _result_line(proc.stdout) == _result_line(single_run["stdout"])
+
+
+def test_per_class_numbers_add_up_and_confusion_csv(single_run):
+    result = single_run["json"]
+    rows = result["per_class"]
+    assert [r["class"] for r in rows] == CLASSES
+    assert [r["total"] for r in rows] == PER_CLASS
+    assert sum(r["correct"] for r in rows) == result["correct_top1"]
+    assert result["Top_1_Acc"] == result["correct_top1"] / NUM_IMAGES
+    for r in rows:
+        assert r["accuracy"] == r["correct"] / r["total"]
+    acc = np.array([r["accuracy"] for r in rows])
+    summary = result["per_class_summary"]
+    assert summary["mean"] == pytest.approx(acc.mean()) and summary["std"] == pytest.approx(acc.std())
+    assert (summary["min"], summary["max"]) == (acc.min(), acc.max())
+    assert [w["accuracy"] for w in summary["worst"]] == sorted(acc)[:5]
+    with open(single_run["csv"], newline="") as handle:
+        table = list(csv.reader(handle))
+    assert table[0] == ["true\\predicted", *CLASSES]
+    matrix = np.array([[int(v) for v in row[1:]] for row in table[1:]])
+    assert [row[0] for row in table[1:]] == CLASSES
+    assert matrix.sum(axis=1).tolist() == [r["total"] for r in rows]
+    assert np.diag(matrix).tolist() == [r["correct"] for r in rows]
+    assert "worst 5 classes: " in single_run["stdout"] and "images/s" in single_run["stdout"]
+
+
+# ---------------------------------------------------------------- metrics against numpy
+def test_metrics_equal_a_numpy_hand_computation(tmp_path):
+    num_classes, crop = 7, 8
+    folder = make_image_folder(tmp_path / "d", classes=num_classes, per_class=3, size=(12, 10), fmt="PNG")
+    write_broken_file(folder / class_name(0) / "broken.jpg")
+    pre = Preprocess(10, crop, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    classes, samples = list_class_folders(folder)
+    loader = DataLoader(ImageFolderDataset(samples, classes, build_eval_transform(pre)), batch_size=4,
+                        collate_fn=collate_skip_broken)
+    torch.manual_seed(3)
+    linear = nn.Linear(3 * crop * crop, num_classes)
+    model = nn.Sequential(nn.Flatten(), linear).train()
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        result = evaluate(model, loader, "cpu", pre.mean, pre.std, num_classes)
+    assert model.training  # mode restored for train.py's validation
+
+    w, b = linear.weight.detach().double().numpy(), linear.bias.detach().double().numpy()
+    losses, hit1, hit5 = [], 0, 0
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for path, label in samples:
+        if path.endswith("broken.jpg"):
+            continue
+        x = (eval_image(load_rgb(path), pre) / 255.0 - np.array(pre.mean)) / np.array(pre.std)
+        logits = w @ x.transpose(2, 0, 1).reshape(-1) + b
+        losses.append(np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[label])
+        ranked = np.argsort(-logits)
+        hit1 += int(ranked[0] == label)
+        hit5 += int(label in ranked[:5])
+        confusion[label, ranked[0]] += 1
+    assert (result.count, result.broken, result.top_k) == (21, 1, 5)
+    assert (result.correct1, result.correctk) == (hit1, hit5)
+    assert 0 < hit1 < hit5 < 21
+    assert result.loss == pytest.approx(np.mean(losses), rel=1e-5)
+    assert np.array_equal(result.confusion, confusion)
+    # a training criterion that returns the batch mean or per-sample losses gives the same sums
+    for criterion in (nn.CrossEntropyLoss(), nn.CrossEntropyLoss(reduction="none")):
+        with pytest.warns(UserWarning):
+            again = evaluate(model, loader, "cpu", pre.mean, pre.std, num_classes, criterion=criterion)
+        assert again.loss == pytest.approx(result.loss, rel=1e-6) and again.correct1 == hit1
+    assert format_result_line(result, "x.pth") == (
+        f"result: {{'Loss': {np.mean(losses):.4f}, 'Top_1_Acc': {hit1 / 21:.4f}, "
+        f"'Top_5_Acc': {hit5 / 21:.4f}}} ckpt = x.pth")
+
+
+# ---------------------------------------------------------------- torchvision weights
+def _torchvision_correct(files) -> int:
+    """Top-1 hits of the saved torchvision model itself on our eval preprocessing."""
+    import torchvision
+
+    tv = torchvision.models.efficientnet_b0(num_classes=3)
+    tv.load_state_dict(torch.load(files["tv"], weights_only=True))
+    tv.eval()
+    classes, samples = list_class_folders(files["root3"])
+    transform = build_eval_transform(B0_SMALL)
+    images = torch.stack([transform(path) for path, _ in samples])
+    with torch.no_grad():
+        pred = tv(to_device_normalized(images, B0_SMALL.mean, B0_SMALL.std, "cpu")).argmax(1)
+    return int((pred == torch.tensor([label for _, label in samples])).sum())
+
+
+def test_torchvision_state_dict_evaluates_through_run_eval_sh(files, tmp_path, capsys):
+    out_json = tmp_path / "tv.json"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "run_eval.sh"), str(files["root3"]), str(files["tv"]),
+                           "--model", "efficientnet_b0", "--crop", str(CROP), *FAST, "--output_json", str(out_json)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out_json.read_text())
+    expected = _torchvision_correct(files)
+    assert result["images"] == TV_IMAGES and result["num_classes"] == 3
+    assert result["top_k"] == 3 and result["Top_5_Acc"] == 1.0  # top-k with k = min(5, 3 classes)
+    assert result["preprocess"] == B0_SMALL.to_dict()  # --crop 32 alone keeps B0's 256/224 ratio -> 37
+    assert result["correct_top1"] == expected
+    assert f"ckpt = {files['tv']}" in _result_line(proc.stdout)
+
+    # the same file through --pretrained PATH (src.models.load_pretrained) gives the same numbers
+    code, out, err = _run_main(capsys, ["--model", "efficientnet_b0", "--pretrained", files["tv"], "--dataset_path",
+                                        files["root3"], "--crop", CROP, *FAST, "--output_json", tmp_path / "p.json"])
+    assert code == 0, err
+    again = json.loads((tmp_path / "p.json").read_text())
+    assert again["correct_top1"] == expected and again["Loss"] == pytest.approx(result["Loss"], rel=1e-6)
+
+
+def test_config_file_supplies_settings_and_flags_win(files, tmp_path, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text("model: efficientnet_b0\neval_crop: 40\ninterpolation: bilinear\nbatch_size: 16\n"
+                      "num_workers: 0\ndevice_target: CPU\n")
+    code, out, err = _run_main(capsys, ["--config", config, "--checkpoint_path", files["tv"], "--dataset_path",
+                                        files["root3"], "--crop", CROP, "--output_json", tmp_path / "c.json"])
+    assert code == 0, err
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["preprocess"] == {**B0_SMALL.to_dict(), "interpolation": "bilinear"}
+    assert result["images"] == TV_IMAGES and "batch 16 x 1 process(es), device cpu" in out
+
+
+def test_pretrained_imagenet_uses_torchvision_download(files, tmp_path, capsys, monkeypatch):
+    torch.manual_seed(4)
+    published = build_model("efficientnet_b0").state_dict()  # stands in for the 1000-class download
+    asked = []
+
+    def fake_download(url, **kwargs):
+        asked.append((url, kwargs.get("weights_only")))
+        return published
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    code, out, err = _run_main(capsys, ["--model", "efficientnet_b0", "--pretrained", "--dataset_path", files["root"],
+                                        *FAST, "--crop", CROP, "--output_json", tmp_path / "i.json"])
+    assert code == 0, err
+    assert asked == [(pretrained_url("efficientnet_b0"), True)]  # one download, read weights-only
+    assert "ckpt = torchvision efficientnet_b0 IMAGENET1K_V1" in _result_line(out)
+    result = json.loads((tmp_path / "i.json").read_text())
+    assert result["images"] == NUM_IMAGES and result["num_classes"] == 1000
+    assert result["per_class_summary"]["classes_with_images"] == len(CLASSES)  # folders -> indices 0..6
+    assert [r["class"] for r in result["per_class"][:8]] == [*CLASSES, "class_7"]
+
+
+def test_use_ema_evaluates_the_ema_weights(files, tmp_path, capsys):
+    torch.manual_seed(5)
+    model = _spread_classifier(build_model("efficientnet_b0", num_classes=len(CLASSES)), seed=6)
+    torch.manual_seed(7)
+    ema = _spread_classifier(build_model("efficientnet_b0", num_classes=len(CLASSES)), seed=8)
+    both = tmp_path / "both.pth"
+    torch.save(_train_checkpoint(model, ema=ema.state_dict()), both)
+    only_ema = tmp_path / "ema_as_model.pth"
+    torch.save(_train_checkpoint(ema), only_ema)
+    runs = {}
+    for name, argv in {"ema": ["--checkpoint_path", both, "--use_ema"], "model": ["--checkpoint_path", both],
+                       "reference": ["--checkpoint_path", only_ema]}.items():
+        code, out, err = _run_main(capsys, [*argv, "--dataset_path", files["root"], *FAST,
+                                            "--output_json", tmp_path / f"{name}.json"])
+        assert code == 0, err
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert runs["ema"]["per_class"] == runs["reference"]["per_class"]
+    assert runs["ema"]["Loss"] == pytest.approx(runs["reference"]["Loss"], rel=1e-6)
+    assert runs["ema"]["Loss"] != pytest.approx(runs["model"]["Loss"], rel=1e-3)
+
+
+# ---------------------------------------------------------------- preprocessing vs torchvision
+def test_eval_pipeline_matches_torchvision_preset_for_b0_and_b3(tmp_path):
+    """Variant metadata -> dataset transform -> device normalisation equals torchvision's preset.
+
+    (tests/test_preprocess.py checks eval_image + numpy normalisation; this checks the torch path
+    eval.py uses and the resize/crop/interpolation stored for each variant.)"""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import ImageClassification
+
+    paths = []
+    for i, size in enumerate([(500, 375), (301, 420)]):
+        paths.append(tmp_path / f"photo{i}.jpg")
+        smooth_photo(size, seed=i).save(paths[-1], quality=90)
+    for name in ("efficientnet_b0", "efficientnet_b3"):
+        spec = get_variant(name)
+        pre = Preprocess.for_variant(spec)
+        reference = ImageClassification(crop_size=spec.eval_crop, resize_size=spec.eval_resize,
+                                        interpolation=InterpolationMode(spec.interpolation))
+        transform = build_eval_transform(pre)
+        for path in paths:
+            ours = to_device_normalized(transform(path)[None], pre.mean, pre.std, "cpu")[0]
+            theirs = reference(load_rgb(path))
+            assert ours.shape == theirs.shape == (3, spec.eval_crop, spec.eval_crop)
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def bad_inputs(files, tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "empty").mkdir()
+    make_image_folder(tmp / "zebra", classes=1, per_class=2, size=(36, 36))
+    (tmp / "zebra" / class_name(0)).rename(tmp / "zebra" / "zebra")
+    make_image_folder(tmp / "four", classes=4, per_class=1, size=(36, 36))
+    for i in range(2):
+        write_broken_file(tmp / "broken" / class_name(0) / f"bad{i}.jpg")
+    (tmp / "corrupt.pth").write_bytes(b"not a checkpoint at all")
+    (tmp / "class_num.yaml").write_text("class_num: 10\n")
+    return {**files, "tmp": tmp}
+
+
+BAD_CASES = {
+    "other model": (["--checkpoint_path", "{tv}", "--model", "efficientnet_b3"], "does not fit efficientnet_b3"),
+    "model flag vs checkpoint": (["--checkpoint_path", "{ckpt}", "--model", "efficientnet_b1"],
+                                 "holds efficientnet_b0 weights"),
+    "missing checkpoint": (["--checkpoint_path", "{tmp}/nope.pth"], "checkpoint not found"),
+    "corrupt checkpoint": (["--checkpoint_path", "{tmp}/corrupt.pth"], "corrupt.pth"),
+    "missing dataset": (["--checkpoint_path", "{ckpt}", "--dataset_path", "{tmp}/nothing"], "does not exist"),
+    "empty dataset": (["--checkpoint_path", "{ckpt}", "--dataset_path", "{tmp}/empty"], "no class folders"),
+    "unknown class folder": (["--checkpoint_path", "{ckpt}", "--dataset_path", "{tmp}/zebra"],
+                             "class folder 'zebra'"),
+    "more folders than classes": (["--checkpoint_path", "{tv}", "--model", "efficientnet_b0",
+                                   "--dataset_path", "{tmp}/four"], "4 class folders but the model has only 3"),
+    "unknown model": (["--checkpoint_path", "{tv}", "--model", "efficientnet_b9"], "unknown model 'efficientnet_b9'"),
+    "state_dict without --model": (["--checkpoint_path", "{tv}"], "pass --model NAME"),
+    "no ema": (["--checkpoint_path", "{ckpt}", "--use_ema"], "no EMA weights"),
+    "pretrained without model": (["--pretrained"], "--pretrained needs the variant"),
+    "config class_num": (["--checkpoint_path", "{ckpt}", "--config", "{tmp}/class_num.yaml"], "class_num is 10"),
+    "unknown flag": (["--checkpoint_path", "{ckpt}", "--bogus", "1"], "unrecognized arguments: --bogus"),
+    "zero crop": (["--checkpoint_path", "{ckpt}", "--crop", "0"], "--crop must be a positive"),
+    "all images unreadable": (["--checkpoint_path", "{ckpt}", "--dataset_path", "{tmp}/broken"],
+                              "none of the 2 images"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the unreadable-image case warns per file
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_gives_one_error_line_and_exit_2(bad_inputs, capsys, case):
+    argv, expected = BAD_CASES[case]
+    argv = [a.format(**bad_inputs) for a in argv]
+    if "--dataset_path" not in argv:
+        argv += ["--dataset_path", str(bad_inputs["root"])]
+    code, out, err = _run_main(capsys, [*argv, *FAST])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0]
+    assert "result:" not in out
+
+
+def test_bad_input_in_a_real_process_and_under_device_num_has_no_traceback(files):
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE_NUM": "2", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "run_eval.sh"), str(files["root"]), str(files["tv"]),
+                           "--model", "efficientnet_b3", *FAST], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("error: ") and "does not fit efficientnet_b3" in proc.stderr
+
+
+# ---------------------------------------------------------------- run_eval.sh arguments
+@pytest.mark.parametrize("args,env,expected", [
+    ([], {}, "expected DATA_DIR and CHECKPOINT_PATH, got 0"),
+    (["{root}"], {}, "got 1 argument"),
+    (["{tmp}/no_such_dir", "{ckpt}"], {}, "is not a directory"),
+    (["{root}", "{tmp}/no_such.pth"], {}, "is not a file"),
+    (["{root}", "{ckpt}"], {"DEVICE_NUM": "two"}, "DEVICE_NUM must be a positive integer"),
+])
+def test_run_eval_sh_checks_arguments(files, args, env, expected):
+    argv = [a.format(**files) for a in args]
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "run_eval.sh"), *argv], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": "false", **env}, timeout=60)
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "Usage: bash scripts/run_eval.sh [DATA_DIR] [CHECKPOINT_PATH]" in proc.stderr
