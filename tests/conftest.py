@@ -1,0 +1,14 @@
+"""Suite-wide settings: one compute thread per test process.
+
+The suite runs as two pytest-xdist workers on two cores. Letting each worker's torch (and every
+subprocess it starts) spin up one thread per core makes them busy-wait on each other, which
+slowed small runs by an order of magnitude; one thread each keeps both cores busy with work.
+"""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after the environment is set)
+
+torch.set_num_threads(1)
