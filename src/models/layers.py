@@ -113,11 +113,33 @@ class StochasticDepth(nn.Module):
         return f"p={self.p}"
 
 
-class MBConv(nn.Module):
+class _ResidualBlock(nn.Module):
+    """A block's layers in ``.block``, plus the residual (with stochastic depth) when shapes allow.
+
+    The residual is used when stride is 1 and the channel count is unchanged.
+    """
+
+    def __init__(
+        self, layers: list[nn.Module], in_channels: int, out_channels: int, stride: int, drop_path: float
+    ) -> None:
+        super().__init__()
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.block = nn.Sequential(*layers)
+        self.stochastic_depth = StochasticDepth(drop_path)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        if self.use_residual:
+            out = self.stochastic_depth(out) + x
+        return out
+
+
+class MBConv(_ResidualBlock):
     """Mobile inverted bottleneck: 1×1 expand → depthwise k×k → SE → 1×1 linear projection.
 
-    The residual connection (with stochastic depth) is used when stride is 1 and the channel
-    count is unchanged. With expand ratio 1 the expansion conv is omitted, as in the paper.
+    With expand ratio 1 the expansion conv is omitted, as in the paper. The SE bottleneck is a
+    quarter of the block's *input* channels.
     """
 
     def __init__(
@@ -131,8 +153,6 @@ class MBConv(nn.Module):
         bn_eps: float,
         bn_momentum: float,
     ) -> None:
-        super().__init__()
-        self.use_residual = stride == 1 and in_channels == out_channels
         expanded = make_divisible(in_channels * expand_ratio)
         norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         layers: list[nn.Module] = []
@@ -141,18 +161,10 @@ class MBConv(nn.Module):
         layers.append(DepthwiseConvBNAct(expanded, kernel_size, stride, **norm))
         layers.append(SqueezeExcitation(expanded, max(1, in_channels // 4)))
         layers.append(ConvBNAct(expanded, out_channels, 1, activation=False, **norm))
-        self.block = nn.Sequential(*layers)
-        self.stochastic_depth = StochasticDepth(drop_path)
-        self.out_channels = out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        if self.use_residual:
-            out = self.stochastic_depth(out) + x
-        return out
+        super().__init__(layers, in_channels, out_channels, stride, drop_path)
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(_ResidualBlock):
     """EfficientNetV2's early-stage block: the expand and depthwise convs fused into one k×k conv.
 
     Regular convolutions use accelerators better than depthwise ones at high resolution, which
@@ -170,8 +182,6 @@ class FusedMBConv(nn.Module):
         bn_eps: float,
         bn_momentum: float,
     ) -> None:
-        super().__init__()
-        self.use_residual = stride == 1 and in_channels == out_channels
         expanded = make_divisible(in_channels * expand_ratio)
         norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
         if expanded != in_channels:
@@ -181,12 +191,4 @@ class FusedMBConv(nn.Module):
             ]
         else:
             layers = [ConvBNAct(in_channels, out_channels, kernel_size, stride, **norm)]
-        self.block = nn.Sequential(*layers)
-        self.stochastic_depth = StochasticDepth(drop_path)
-        self.out_channels = out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        if self.use_residual:
-            out = self.stochastic_depth(out) + x
-        return out
+        super().__init__(layers, in_channels, out_channels, stride, drop_path)
