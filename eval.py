@@ -16,21 +16,22 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 
-from src.checkpoint import CheckpointError, extract_state_dict, load_checkpoint
+from src.checkpoint import CheckpointError
 from src.config import Config, ConfigError, read_yaml
 from src.dataset import ImageFolderDataset, ShardedEvalSampler, collate_skip_broken
 from src.distributed import DistInfo, DistributedError, cleanup, init_distributed
 from src.evaluate import AMP_DTYPES, EvalResult, evaluate, format_result_line, format_summary, write_confusion_csv
-from src.models import WeightMismatchError, build_model, check_fits, get_variant, load_pretrained
-from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
-from src.models.pretrained import PRETRAINED_TAG, pretrained_url
+from src.model_loading import (
+    IMAGENET, LoadedModel, ModelLoadError, apply_eval_overrides, load_published, load_trained,
+)
+from src.models import WeightMismatchError, get_variant
 from src.preprocess import INTERPOLATIONS, DatasetError, Preprocess, list_class_folders, resolve_eval_folder
 from src.transforms import build_eval_transform
 
@@ -38,9 +39,6 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_BATCH_SIZE = 64
 MAX_DEFAULT_WORKERS = 8
-CLASSIFIER_WEIGHT = "classifier.1.weight"  # its rows are the class count of a state_dict
-IMAGENET = "imagenet"
-NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD)}
 # Config keys eval.py honours when a --config YAML sets them (command-line flags still win).
 # `pretrained` is left out on purpose: in a training YAML it names the fine-tuning start, not what to score.
 CONFIG_KEYS = ("model", "dataset_path", "checkpoint_path", "device_target", "batch_size",
@@ -145,94 +143,11 @@ def merge_settings(args: argparse.Namespace) -> Settings:
 # --------------------------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    name: str
-    num_classes: int
-    classes: list[str] | None  # names in the model's output order, when the checkpoint has them
-    preprocess: Preprocess | None  # the checkpoint's own eval preprocessing, when it has one
-    source: str  # shown after "ckpt =" and in the JSON
-
-
-def _variant_name(name: str | None, why: str) -> str:
-    if not name:
-        raise EvalInputError(f"{why}: pass --model NAME (e.g. --model efficientnet_b0)")
-    try:
-        return get_variant(name).name
-    except ValueError as exc:
-        raise EvalInputError(str(exc)) from None
-
-
-def _class_count(state: dict[str, torch.Tensor], source: str) -> int:
-    weight = state.get(CLASSIFIER_WEIGHT)
-    if weight is None or weight.dim() != 2:
-        raise WeightMismatchError(f"{source} has no {CLASSIFIER_WEIGHT!r}; is it an EfficientNet state_dict?")
-    return int(weight.shape[0])
-
-
-def _check_class_num(s: Settings, num_classes: int, source: str) -> None:
-    if s.class_num is not None and s.class_num != num_classes:
-        raise WeightMismatchError(f"{source} has {num_classes} classes but the config's class_num "
-                                  f"is {s.class_num}")
-
-
-def _build_loaded(name: str, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
-    model = build_model(name, num_classes=_class_count(state, source))
-    check_fits(model, state, source)
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def load_from_checkpoint(s: Settings) -> LoadedModel:
-    """A train.py checkpoint (self-describing) or a plain state_dict (needs --model)."""
-    path = str(s.checkpoint_path)
-    obj = load_checkpoint(path)
-    if s.use_ema and obj.get("ema") is None:
-        raise EvalInputError(f"{path} has no EMA weights (trained without ema_decay); drop --use_ema")
-    state = extract_state_dict(obj, use_ema=s.use_ema)
-    saved_name = obj.get("model_name") if isinstance(obj.get("model_name"), str) else None
-    if saved_name and s.model and s.model != saved_name:
-        raise EvalInputError(f"{path} holds {saved_name} weights but {s.model_origin} is {s.model}; "
-                             f"drop it or pass the matching checkpoint")
-    name = _variant_name(saved_name or s.model, f"{path} is a plain state_dict without a model name")
-    num_classes = _class_count(state, path)
-    _check_class_num(s, num_classes, path)
-    classes = obj.get("classes") if saved_name else None
-    if classes is not None and len(classes) != num_classes:
-        raise CheckpointError(f"{path} lists {len(classes)} class names but its classifier has "
-                              f"{num_classes} outputs")
-    preprocess = None
-    if saved_name and isinstance(obj.get("preprocess"), dict):
-        try:
-            preprocess = Preprocess.from_dict(obj["preprocess"])
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path} has an unusable 'preprocess' entry: {exc}") from None
-    model = _build_loaded(name, state, path)
-    return LoadedModel(model, name, num_classes, [str(c) for c in classes] if classes else None, preprocess, path)
-
-
-def load_from_pretrained(s: Settings, progress: bool) -> LoadedModel:
-    """torchvision's published ImageNet weights, or a local weight file, through load_pretrained."""
-    name = _variant_name(s.model, "--pretrained needs the variant")
-    if s.pretrained in (IMAGENET, PRETRAINED_TAG):
-        num_classes, source = 1000, f"torchvision {name} {PRETRAINED_TAG}"
-        _check_class_num(s, num_classes, source)
-        model = build_model(name, num_classes=num_classes)
-        try:
-            load_pretrained(model, IMAGENET, progress=progress)
-        except (OSError, RuntimeError) as exc:
-            raise EvalInputError(f"cannot download {source} ({exc}); fetch {pretrained_url(name)} "
-                                 f"by hand and pass --pretrained PATH") from None
-        return LoadedModel(model, name, num_classes, None, None, source)
-    path = str(s.pretrained)
-    # Read once safely to learn the class count: load_pretrained would otherwise re-initialise a
-    # classifier whose size differs from the model's, which is right for fine-tuning, wrong here.
-    num_classes = _class_count(extract_state_dict(load_checkpoint(path)), path)
-    _check_class_num(s, num_classes, path)
-    model = build_model(name, num_classes=num_classes)
-    load_pretrained(model, path, progress=progress)
-    return LoadedModel(model, name, num_classes, None, None, path)
+def load_model(s: Settings, progress: bool) -> LoadedModel:
+    """--checkpoint_path (train.py checkpoint or plain state_dict) or --pretrained, via src.model_loading."""
+    if s.checkpoint_path:
+        return load_trained(s.checkpoint_path, s.model, s.use_ema, s.model_origin, s.class_num)
+    return load_published(s.model, str(s.pretrained), progress=progress, class_num=s.class_num)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,8 +166,7 @@ def base_preprocess(loaded: LoadedModel, s: Settings) -> Preprocess:
 def resolve_preprocess(base: Preprocess, s: Settings) -> Preprocess:
     """``base`` < the YAML's eval_* / normalization keys < --resize/--crop/--interpolation.
 
-    When only one of resize and crop is given, the other keeps the base resize/crop ratio
-    (B0 at ``--crop 32``: resize 37, as 256 -> 224).
+    One of resize and crop alone keeps the base ratio (B0 at ``--crop 32``: resize 37, as 256 -> 224).
     """
     cfg, args = s.config, s.args
     for flag, value in (("--resize", args.resize), ("--crop", args.crop)):
@@ -260,14 +174,8 @@ def resolve_preprocess(base: Preprocess, s: Settings) -> Preprocess:
             raise EvalInputError(f"{flag} must be a positive number of pixels, got {value}")
     resize = args.resize if args.resize is not None else cfg.get("eval_resize")
     crop = args.crop if args.crop is not None else cfg.get("eval_crop")
-    if resize is not None and crop is None:
-        crop = round(resize * base.crop / base.resize)
-    elif crop is not None and resize is None:
-        resize = round(crop * base.resize / base.crop)
-    mean, std = NORMALIZATIONS.get(cfg.get("normalization", "variant"), (base.mean, base.std))
-    return replace(base, resize=base.resize if resize is None else resize,
-                   crop=base.crop if crop is None else crop, mean=mean, std=std,
-                   interpolation=args.interpolation or cfg.get("interpolation") or base.interpolation)
+    return apply_eval_overrides(base, resize, crop, args.interpolation or cfg.get("interpolation"),
+                                cfg.get("normalization"))
 
 
 def map_classes(folder: Path, folder_classes: list[str], samples: list[tuple[str, int]],
@@ -340,7 +248,7 @@ def run(argv: Sequence[str] | None) -> int:
     # so a bad path fails fast on every rank instead of leaving others waiting in a collective.
     folder = resolve_eval_folder(s.dataset_path)
     folder_classes, samples = list_class_folders(folder)
-    loaded = load_from_checkpoint(s) if s.checkpoint_path else load_from_pretrained(s, _is_main_launch())
+    loaded = load_model(s, progress=_is_main_launch())
     classes, samples = map_classes(folder, folder_classes, samples, loaded)
     pre = resolve_preprocess(base_preprocess(loaded, s), s)
     if s.args.check:
@@ -372,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 on success, 2 with one ``error:`` line on bad input."""
     try:
         return run(argv)
-    except (EvalInputError, CheckpointError, DatasetError, WeightMismatchError, ConfigError,
+    except (EvalInputError, ModelLoadError, CheckpointError, DatasetError, WeightMismatchError, ConfigError,
             DistributedError, OSError) as exc:
         rank = "" if _is_main_launch() else f"[rank {os.environ.get('RANK')}] "
         print(f"error: {rank}{exc}", file=sys.stderr)

@@ -31,10 +31,9 @@ from torch import nn
 
 from infer.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata
 from infer.session import create_session, physical_cores, session_options
-from src.checkpoint import extract_state_dict, load_checkpoint
 from src.config import read_yaml
-from src.models import build_model, check_fits, get_variant, load_pretrained
-from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
+from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_published, load_trained
+from src.models import get_variant, load_pretrained
 from src.models.pretrained import PRETRAINED_TAG
 from src.preprocess import Preprocess
 
@@ -43,9 +42,6 @@ FP32_TOLERANCE = 1e-4  # max |onnxruntime - PyTorch| on the logits
 FP16_RELATIVE_TOLERANCE = 1e-2  # fp16 weights: max diff / max |logit|
 VERIFY_BATCH = 2  # a dynamic-batch model is checked at batch 2, so the batch axis is exercised
 VERIFY_SEED = 0
-CLASSIFIER_WEIGHT = "classifier.1.weight"
-IMAGENET = "imagenet"
-NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD)}
 FORMATS = ("ONNX", "TORCHSCRIPT")
 SUFFIXES = {"ONNX": ".onnx", "TORCHSCRIPT": ".pt"}
 TORCHSCRIPT_METADATA_FILE = "metadata.json"  # inside the .pt archive (torch.jit.load _extra_files)
@@ -74,34 +70,6 @@ class ExportSource:
 # --------------------------------------------------------------------------------------------
 # Loading the model to export
 # --------------------------------------------------------------------------------------------
-def _class_count(state: Mapping[str, torch.Tensor], source: str) -> int:
-    weight = state.get(CLASSIFIER_WEIGHT)
-    if weight is None or weight.dim() != 2:
-        raise ExportError(f"{source} has no {CLASSIFIER_WEIGHT!r}; is it an EfficientNet state_dict?")
-    return int(weight.shape[0])
-
-
-def _variant(name: str | None, why: str) -> str:
-    if not name:
-        raise ExportError(f"{why}: pass --model NAME (e.g. --model efficientnet_b0)")
-    return get_variant(name).name  # ValueError listing the valid names
-
-
-def preprocess_from_config(base: Preprocess, config: Mapping[str, Any]) -> Preprocess:
-    """Apply a YAML's eval_resize / eval_crop / interpolation / normalization to ``base``.
-
-    As in eval.py: when only one of resize and crop is set, the other keeps the base ratio.
-    """
-    resize, crop = config.get("eval_resize"), config.get("eval_crop")
-    if resize is not None and crop is None:
-        crop = round(resize * base.crop / base.resize)
-    elif crop is not None and resize is None:
-        resize = round(crop * base.resize / base.crop)
-    mean, std = NORMALIZATIONS.get(config.get("normalization") or "variant", (base.mean, base.std))
-    return replace(base, resize=int(resize or base.resize), crop=int(crop or base.crop), mean=mean, std=std,
-                   interpolation=config.get("interpolation") or base.interpolation)
-
-
 def preprocess_for_size(pre: Preprocess, size: int) -> Preprocess:
     """The same preprocessing at another crop, keeping the resize/crop ratio (224/256 -> 64/73)."""
     if size == pre.crop:
@@ -119,50 +87,6 @@ def imagenet_categories(model_name: str) -> list[str] | None:
         return None
 
 
-def _load_checkpoint_source(path: str, model_name: str | None, use_ema: bool) -> ExportSource:
-    obj = load_checkpoint(path)
-    state = extract_state_dict(obj, use_ema=use_ema)
-    saved = obj.get("model_name") if isinstance(obj.get("model_name"), str) else None
-    if saved and model_name and get_variant(model_name).name != saved:
-        raise ExportError(f"{path} holds {saved} weights but --model {model_name} was given; "
-                          "drop --model or pass the matching checkpoint")
-    name = _variant(saved or model_name, f"{path} is a plain state_dict without a model name")
-    num_classes = _class_count(state, path)
-    model = build_model(name, num_classes=num_classes)
-    check_fits(model, state, path)
-    model.load_state_dict(state, strict=True)
-    classes = obj.get("classes") if saved else None
-    if classes is not None and len(classes) != num_classes:
-        raise ExportError(f"{path} lists {len(classes)} class names but its classifier has {num_classes} outputs")
-    pre = Preprocess.for_variant(get_variant(name))
-    if saved and isinstance(obj.get("preprocess"), dict):
-        try:
-            pre = Preprocess.from_dict(obj["preprocess"])
-        except (TypeError, ValueError) as exc:
-            raise ExportError(f"{path} has an unusable 'preprocess' entry: {exc}") from None
-    return ExportSource(model, name, num_classes, [str(c) for c in classes] if classes else None, pre, path)
-
-
-def _load_pretrained_source(pretrained: str, model_name: str | None) -> ExportSource:
-    name = _variant(model_name, "--pretrained needs the variant")
-    pre = Preprocess.for_variant(get_variant(name))
-    if pretrained in (IMAGENET, PRETRAINED_TAG):
-        model = build_model(name, num_classes=1000)
-        try:
-            load_pretrained(model, IMAGENET, progress=False)
-        except (OSError, RuntimeError) as exc:
-            raise ExportError(f"cannot download torchvision's {name} weights ({exc}); download them "
-                              "by hand and pass --pretrained PATH") from None
-        return ExportSource(model, name, 1000, imagenet_categories(name), pre,
-                            f"torchvision {name} {PRETRAINED_TAG}")
-    # Learn the class count first: load_pretrained re-initialises a classifier of another size
-    # (right for fine-tuning, wrong for export).
-    num_classes = _class_count(extract_state_dict(load_checkpoint(pretrained)), pretrained)
-    model = build_model(name, num_classes=num_classes)
-    load_pretrained(model, pretrained, progress=False)
-    return ExportSource(model, name, num_classes, None, pre, pretrained)
-
-
 def load_source(
     checkpoint_path: str | None = None,
     model_name: str | None = None,
@@ -174,25 +98,28 @@ def load_source(
     torchvision weights (``pretrained='imagenet'`` or a path). A YAML ``config_path`` supplies
     ``model``, ``checkpoint_path``, ``pretrained`` and eval preprocessing keys not given directly."""
     config = read_yaml(config_path) if config_path else {}
+    model_origin = "--model" if model_name else "config key 'model'"
     model_name = model_name or config.get("model")
     if checkpoint_path is None and pretrained is None:
         checkpoint_path, pretrained = config.get("checkpoint_path"), config.get("pretrained")
     if checkpoint_path and pretrained:
         raise ExportError("give --checkpoint_path or --pretrained, not both")
+    class_num = config.get("class_num") or None
     if checkpoint_path:
-        source = _load_checkpoint_source(str(checkpoint_path), model_name, use_ema)
+        loaded = load_trained(str(checkpoint_path), model_name, use_ema, model_origin, class_num)
     elif pretrained:
-        source = _load_pretrained_source(str(pretrained), model_name)
+        # This module's load_pretrained is handed over so the download can be replaced here (offline tests).
+        loaded = load_published(model_name, str(pretrained), progress=False, class_num=class_num,
+                                download=load_pretrained)
     else:
         raise ExportError("nothing to export: pass --checkpoint_path FILE or --pretrained [imagenet|PATH]")
-    if config:
-        source.preprocess = preprocess_from_config(source.preprocess, config)
-    class_num = config.get("class_num")
-    if class_num and class_num != source.num_classes:
-        raise ExportError(f"{source.origin} has {source.num_classes} classes but the config's class_num "
-                          f"is {class_num}")
-    source.model.eval()
-    return source
+    base = loaded.preprocess or Preprocess.for_variant(get_variant(loaded.name))
+    pre = apply_eval_overrides(base, config.get("eval_resize"), config.get("eval_crop"),
+                               config.get("interpolation"), config.get("normalization"))
+    classes = loaded.classes
+    if classes is None and str(pretrained) in PUBLISHED_WEIGHTS:
+        classes = imagenet_categories(loaded.name)
+    return ExportSource(loaded.model, loaded.name, loaded.num_classes, classes, pre, loaded.source)
 
 
 # --------------------------------------------------------------------------------------------

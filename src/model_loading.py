@@ -1,0 +1,183 @@
+"""Turn a weight file or torchvision's published weights into a ready EfficientNet, and apply a
+config's eval preprocessing overrides.
+
+eval.py and src/onnx_export.py both load through here, so one file gives the same model, class
+names and preprocessing whether it is scored or exported. Sources:
+
+* a train.py checkpoint: self-describing (model name, class names, eval preprocessing);
+* a plain state_dict (torchvision's, a ModelEma file): the caller names the variant;
+* ``pretrained='imagenet'``: torchvision's ImageNet weights, downloaded once via torch.hub.
+
+The class count always comes from the weights (rows of ``classifier.1.weight``), never from a
+default, so a 10-class fine-tune is never silently given a fresh 1000-class head.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from src.checkpoint import extract_state_dict, load_checkpoint
+from src.models import build_model, check_fits, get_variant, load_pretrained
+from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
+from src.models.pretrained import PRETRAINED_TAG, pretrained_url
+from src.preprocess import Preprocess
+
+CLASSIFIER_WEIGHT = "classifier.1.weight"  # its rows are the class count of a state_dict
+IMAGENET = "imagenet"  # the --pretrained value naming torchvision's published weights
+PUBLISHED_WEIGHTS = (IMAGENET, PRETRAINED_TAG)  # values of `pretrained` that mean "download"
+IMAGENET_CLASSES = 1000
+VARIANT_NORMALIZATION = "variant"  # keep the base preprocessing's mean/std
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD)}
+
+# Fills a model with torchvision's weights: (model, "imagenet", progress) -> model. A parameter so
+# callers can hand in their own reference to src.models.load_pretrained (tests replace it offline).
+Download = Callable[..., nn.Module]
+
+
+class ModelLoadError(ValueError):
+    """The weights cannot become the requested model; the message says what to pass instead."""
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode plus what its file says about it."""
+
+    model: nn.Module
+    name: str  # canonical variant name, e.g. "efficientnet_b0"
+    num_classes: int
+    classes: list[str] | None  # names in the model's output order, when the checkpoint has them
+    preprocess: Preprocess | None  # the checkpoint's own eval preprocessing, when it has one
+    source: str  # the file path, or "torchvision NAME IMAGENET1K_V1"; for messages and reports
+
+
+def variant_name(name: str | None, why: str) -> str:
+    """The canonical variant name; ``why`` says why a name is needed when none was given."""
+    if not name:
+        raise ModelLoadError(f"{why}: pass --model NAME (e.g. --model efficientnet_b0)")
+    try:
+        return get_variant(name).name
+    except ValueError as exc:  # names the valid variants
+        raise ModelLoadError(str(exc)) from None
+
+
+def classifier_size(state: Mapping[str, torch.Tensor], source: str) -> int:
+    """Number of classes of an EfficientNet state_dict: the rows of its final Linear layer."""
+    weight = state.get(CLASSIFIER_WEIGHT)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ModelLoadError(f"{source} has no {CLASSIFIER_WEIGHT!r}; is it an EfficientNet state_dict?")
+    return int(weight.shape[0])
+
+
+def check_class_num(num_classes: int, class_num: int | None, source: str) -> None:
+    """A config's ``class_num`` (None = not set) must agree with the weights."""
+    if class_num is not None and class_num != num_classes:
+        raise ModelLoadError(f"{source} has {num_classes} classes but the config's class_num is {class_num}")
+
+
+def _build(name: str, state: dict[str, torch.Tensor], num_classes: int, source: str) -> nn.Module:
+    """Exactly these weights in a fresh model: every key and shape must match (no silent re-init)."""
+    model = build_model(name, num_classes=num_classes)
+    check_fits(model, state, source)  # WeightMismatchError naming the first bad key
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _saved_preprocess(entry: object, path: str) -> Preprocess | None:
+    if not isinstance(entry, dict):
+        return None
+    try:
+        return Preprocess.from_dict(entry)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path} has an unusable 'preprocess' entry: {exc}") from None
+
+
+def load_trained(
+    path: str,
+    model_name: str | None = None,
+    use_ema: bool = False,
+    model_origin: str = "--model",
+    class_num: int | None = None,
+) -> LoadedModel:
+    """A train.py checkpoint (self-describing) or a plain state_dict (needs ``model_name``).
+
+    ``model_origin`` names where ``model_name`` came from ("--model", "config key 'model'") so a
+    clash with the checkpoint's own name tells the user what to drop.
+    """
+    path = str(path)
+    obj = load_checkpoint(path)  # CheckpointError: missing, unsafe, corrupt
+    if use_ema and obj.get("ema") is None:
+        raise ModelLoadError(f"{path} has no EMA weights (trained without ema_decay); drop --use_ema")
+    state = extract_state_dict(obj, use_ema=use_ema)
+    saved = obj.get("model_name") if isinstance(obj.get("model_name"), str) else None
+    if saved and model_name and model_name != saved:
+        raise ModelLoadError(f"{path} holds {saved} weights but {model_origin} is {model_name}; "
+                             "drop it or pass the matching checkpoint")
+    name = variant_name(saved or model_name, f"{path} is a plain state_dict without a model name")
+    num_classes = classifier_size(state, path)
+    check_class_num(num_classes, class_num, path)
+    classes = obj.get("classes") if saved else None  # a plain state_dict's keys are all tensors
+    if classes is not None and len(classes) != num_classes:
+        raise ModelLoadError(f"{path} lists {len(classes)} class names but its classifier has "
+                             f"{num_classes} outputs")
+    preprocess = _saved_preprocess(obj.get("preprocess"), path) if saved else None
+    return LoadedModel(_build(name, state, num_classes, path), name, num_classes,
+                       [str(c) for c in classes] if classes else None, preprocess, path)
+
+
+def load_published(
+    model_name: str | None,
+    pretrained: str,
+    progress: bool = True,
+    class_num: int | None = None,
+    download: Download = load_pretrained,
+) -> LoadedModel:
+    """torchvision's ImageNet weights (``pretrained`` in PUBLISHED_WEIGHTS) or a local weight file
+    for the variant ``model_name``; any metadata in the file is ignored, as for --pretrained in
+    train.py. The class count comes from the file, so a fine-tuned head loads as it is."""
+    name = variant_name(model_name, "--pretrained needs the variant")
+    if pretrained in PUBLISHED_WEIGHTS:
+        source = f"torchvision {name} {PRETRAINED_TAG}"
+        check_class_num(IMAGENET_CLASSES, class_num, source)  # before a download of up to 475 MB
+        model = build_model(name, num_classes=IMAGENET_CLASSES)
+        try:
+            download(model, IMAGENET, progress=progress)
+        except (OSError, RuntimeError) as exc:
+            raise ModelLoadError(f"cannot download {source} ({exc}); fetch {pretrained_url(name)} "
+                                 "by hand and pass --pretrained PATH") from None
+        return LoadedModel(model.eval(), name, IMAGENET_CLASSES, None, None, source)
+    state = extract_state_dict(load_checkpoint(pretrained))
+    num_classes = classifier_size(state, pretrained)
+    check_class_num(num_classes, class_num, pretrained)
+    return LoadedModel(_build(name, state, num_classes, pretrained), name, num_classes, None, None, pretrained)
+
+
+def apply_eval_overrides(
+    base: Preprocess,
+    resize: int | None = None,
+    crop: int | None = None,
+    interpolation: str | None = None,
+    normalization: str | None = None,
+) -> Preprocess:
+    """``base`` with the given eval settings replaced (None keeps base's).
+
+    When only one of resize and crop is given, the other keeps base's resize/crop ratio
+    (B0's 256 -> 224 at crop 32: resize 37). ``normalization`` is "imagenet", "inception" or
+    "variant" (base's mean/std).
+    """
+    if normalization not in (None, VARIANT_NORMALIZATION, *NORMALIZATIONS):
+        raise ModelLoadError(f"normalization must be one of {VARIANT_NORMALIZATION}, "
+                             f"{', '.join(NORMALIZATIONS)}; got {normalization!r}")
+    if resize is not None and crop is None:
+        crop = round(resize * base.crop / base.resize)
+    elif crop is not None and resize is None:
+        resize = round(crop * base.resize / base.crop)
+    mean, std = NORMALIZATIONS.get(normalization or VARIANT_NORMALIZATION, (base.mean, base.std))
+    try:
+        return replace(base, resize=base.resize if resize is None else resize,
+                       crop=base.crop if crop is None else crop, mean=mean, std=std,
+                       interpolation=interpolation or base.interpolation)
+    except ValueError as exc:  # Preprocess names the field and what is allowed
+        raise ModelLoadError(f"bad eval preprocessing: {exc}") from None
