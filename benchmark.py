@@ -6,20 +6,40 @@ in the same process on the same inputs, and can write the numbers as JSON (``--j
 import argparse
 import sys
 
+from bench import data as data_mode
+from bench import memory as memory_mode
 from bench import model as model_mode
+from bench import onnx_bench as onnx_mode
+from bench import train_bench as train_mode
 
 MODES = {
     "model": (model_mode, "train-step and inference images/s: ours vs torchvision/timm"),
+    "data": (data_mode, "images/s per worker of the train/eval pipelines: ours vs torchvision's chain"),
+    "onnx": (onnx_mode, "inference images/s: onnxruntime vs PyTorch eager"),
+    "memory": (memory_mode, "peak memory of a training step: checkpointing and AMP on/off, ours vs torchvision"),
+    "train": (train_mode, "end-to-end train.py images/s vs a plain PyTorch loop"),
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
     for name, (module, help_text) in MODES.items():
         module.add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
-    MODES[args.mode][0].main(args)
+    try:
+        MODES[args.mode][0].main(args)
+    except ValueError as exc:  # bad options or input: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RuntimeError as exc:  # a measured child process (train.py, memory) failed; the line says why
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The offline demo: scikit-learn's handwritten digits -> train EfficientNet-B0 at 32 px on the CPU
+# -> evaluate the best checkpoint -> print its top-1 accuracy. No network needed.
+#   bash scripts/run_demo.sh [extra train.py args...]
+# Environment: DATA (default ./data/digits; written once), RUN_DIR (default runs/demo_<date>_<time>),
+# PYTHON (default python).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python}
+DATA=${DATA:-./data/digits}
+RUN_DIR=${RUN_DIR:-runs/demo_$(date +%Y%m%d_%H%M%S)}
+CONFIG="$ROOT/configs/digits.yaml"
+START=$(date +%s)
+
+if [ -d "$DATA/train" ] && [ -d "$DATA/val" ]; then
+  echo "using the digits already in $DATA"
+else
+  "$PYTHON" "$ROOT/scripts/make_digits.py" "$DATA"
+fi
+
+echo "== train (run folder: $RUN_DIR)"
+"$PYTHON" "$ROOT/train.py" --config "$CONFIG" --dataset_path "$DATA" --save_checkpoint_path "$RUN_DIR" "$@"
+
+CKPT="$RUN_DIR/efficientnet_b0-best.pth"
+if [ ! -f "$CKPT" ]; then  # no validation set: the newest periodic checkpoint
+  CKPT=$(ls -t "$RUN_DIR"/efficientnet_b0-*_*.pth | head -n 1)
+fi
+
+# With EMA on, the best checkpoint was chosen by its EMA weights: evaluate those.
+EMA_FLAG=$("$PYTHON" -c '
+import sys, torch
+print("--use_ema" if torch.load(sys.argv[1], map_location="cpu", weights_only=True).get("ema") else "")' "$CKPT")
+
+echo "== evaluate $CKPT${EMA_FLAG:+ (EMA weights)} on $DATA/val"
+"$PYTHON" "$ROOT/eval.py" --config "$CONFIG" --checkpoint_path "$CKPT" --dataset_path "$DATA" $EMA_FLAG \
+  --output_json "$RUN_DIR/eval.json"
+
+ACCURACY=$("$PYTHON" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("%.2f%% (%d/%d)" % (r["Top_1_Acc"] * 100, r["correct_top1"], r["images"]))' "$RUN_DIR/eval.json")
+echo "demo: top-1 accuracy $ACCURACY on $DATA/val; checkpoint $CKPT; $(($(date +%s) - START)) s"

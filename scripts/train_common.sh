@@ -1,0 +1,65 @@
+# Shared checks of the training launchers (sourced by run_standalone_train.sh, run_distribute_train.sh
+# and run_distribute_resume.sh; not run on its own). Each launcher defines usage() first.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python}
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+# Bad launcher arguments: the reason, then the usage, exit status 1.
+fail() {
+  echo "error: $1" >&2
+  usage
+  exit 1
+}
+
+require_positive_int() {  # NAME VALUE
+  case $2 in
+    '' | *[!0-9]* | 0 | 0*) fail "$1 must be a positive integer, got '$2'" ;;
+  esac
+}
+
+require_index() {  # NAME VALUE: 0, 1, 2, ...
+  case $2 in
+    '' | *[!0-9]*) fail "$1 must be a non-negative integer, got '$2'" ;;
+  esac
+}
+
+require_dir() {  # NAME PATH
+  [ -d "$2" ] || fail "$1 '$2' is not a directory"
+}
+
+# device_target as train.py will resolve it from --config / --key value flags (GPU or CPU).
+# Use as TARGET=$(resolved_device_target ...): a bad flag prints train.py's one-line error and,
+# under set -e, ends the launcher with status 2.
+resolved_device_target() {
+  local resolved
+  resolved=$("$PYTHON" -m src.config "$@") || return 2
+  sed -n 's/^device_target: //p' <<<"$resolved"
+}
+
+# GPUs this process can use (honours CUDA_VISIBLE_DEVICES).
+visible_gpus() {
+  "$PYTHON" -c 'import torch; print(torch.cuda.device_count())'
+}
+
+# Physical GPUs of the machine (DEVICE_ID of the standalone script is a physical index).
+physical_gpus() {
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi -L | grep -c '^GPU' || true
+  else
+    env -u CUDA_VISIBLE_DEVICES "$PYTHON" -c 'import torch; print(torch.cuda.device_count())'
+  fi
+}
+
+# A new run folder under ${RUN_ROOT:-runs}: <prefix>_<date>_<time>[_N].
+new_run_dir() {  # PREFIX
+  local base dir n=1
+  base="${RUN_ROOT:-runs}/$1_$(date +%Y%m%d_%H%M%S)"
+  dir=$base
+  while [ -e "$dir" ]; do
+    n=$((n + 1))
+    dir="${base}_$n"
+  done
+  mkdir -p "$dir"
+  echo "$dir"
+}

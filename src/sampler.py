@@ -1,0 +1,120 @@
+"""Deterministic, resumable training data order and augmentation randomness.
+
+Exact resume needs two things to be a function of (seed, epoch, position) only, never of the
+run's history:
+
+* the order: ``EpochSampler`` draws one permutation per epoch from ``seed + epoch`` (as
+  torch's DistributedSampler does), pads it to a multiple of the world size, shards it
+  ``rank::world`` and can start part-way through an epoch by skipping *indices* (the skipped
+  images are never loaded);
+* the augmentation: ``SeededDataset`` re-seeds the random generators before each sample from
+  (seed, epoch, index). Results therefore do not depend on the number of loader workers,
+  on persistent workers carrying generator state across epochs, or on where a run was
+  interrupted.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, get_worker_info
+
+SEED_MASK = (1 << 63) - 1  # torch seeds are 64-bit; keep them non-negative
+NUMPY_SEED_MODULUS = 1 << 32
+# Odd 64-bit multipliers (splitmix64 constants) spread (seed, epoch, index) over the seed space.
+_MIX_SEED, _MIX_EPOCH, _MIX_INDEX = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of dataset item ``index`` in ``epoch``."""
+    mixed = (seed + 1) * _MIX_SEED ^ (epoch + 1) * _MIX_EPOCH ^ (index + 1) * _MIX_INDEX
+    return (mixed ^ (mixed >> 31)) & SEED_MASK
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` for this rank's share of one epoch, in a seeded order.
+
+    ``num_batches`` batches of ``batch_size`` are yielded per rank (the trainer's drop-last
+    count), starting after ``start_batch`` batches that an interrupted run already consumed.
+    Call ``set_epoch(epoch, start_batch)`` before iterating.
+    """
+
+    def __init__(self, dataset_len: int, batch_size: int, num_batches: int, seed: int, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if dataset_len < 1 or batch_size < 1 or num_batches < 1:
+            raise ValueError(f"need dataset_len, batch_size, num_batches >= 1, got "
+                             f"{dataset_len}, {batch_size}, {num_batches}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        per_rank = -(-dataset_len // world_size)
+        if num_batches * batch_size > per_rank:
+            raise ValueError(f"{num_batches} batches of {batch_size} exceed the {per_rank} samples per rank")
+        self.dataset_len, self.batch_size, self.num_batches = dataset_len, batch_size, num_batches
+        self.seed, self.shuffle, self.rank, self.world_size = seed, shuffle, rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= start_batch <= self.num_batches:
+            raise ValueError(f"start_batch must be in [0, {self.num_batches}], got {start_batch}")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def epoch_order(self) -> list[int]:
+        """Every rank's indices of this epoch, interleaved (rank r takes positions r, r + W, ...)."""
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.dataset_len, generator=generator).tolist()
+        else:
+            order = list(range(self.dataset_len))
+        padded_len = -(-self.dataset_len // self.world_size) * self.world_size
+        while len(order) < padded_len:  # repeat from the front, as DistributedSampler pads
+            order += order[:padded_len - len(order)]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = self.epoch_order()
+        first = self.start_batch * self.batch_size * self.world_size + self.rank
+        last = self.num_batches * self.batch_size * self.world_size
+        return iter([(self.epoch, order[i]) for i in range(first, last, self.world_size)])
+
+    def __len__(self) -> int:
+        return (self.num_batches - self.start_batch) * self.batch_size
+
+
+class SeededDataset(Dataset):
+    """Wraps a map-style dataset; item ``(epoch, index)`` is drawn with its own seed.
+
+    Transforms draw from torch's, python's and numpy's global generators (as torchvision's do).
+    In a loader worker we simply re-seed them; in the main process (num_workers 0) their state
+    is saved and restored around the sample so the training step's own randomness (dropout,
+    stochastic depth) is not disturbed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        seed = sample_seed(self.seed, epoch, index)
+        if get_worker_info() is not None:
+            _seed_all(seed)
+            return self.dataset[index]
+        saved = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+        try:
+            _seed_all(seed)
+            return self.dataset[index]
+        finally:
+            torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            np.random.set_state(saved[2])
+
+
+def _seed_all(seed: int) -> None:
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % NUMPY_SEED_MODULUS)

@@ -1,0 +1,803 @@
+"""The training run: set-up from a Config, the epoch/step loop, validation and checkpoints.
+
+``run_training(cfg)`` is all train.py calls. The pieces, in the order a run uses them:
+
+1. ``resolve_resume`` - a ``--resume`` checkpoint supplies the config (keys given on the command
+   line or in ``--config`` still win) and every piece of training state.
+2. ``load_data`` - datasets, classes and the eval preprocessing (before any process group is
+   joined, so bad input fails fast on every rank).
+3. ``build_run`` - process group, model (pretrained / frozen / SyncBN / EMA / DDP / compile),
+   optimizer, LR schedule, loss scaler, monitor and checkpoint manager.
+4. ``train`` - epochs of ``train_one_epoch`` (one optimizer step = ``accumulate_grad_batches``
+   micro-batches), then validation, checkpoints, best model and early stopping.
+
+Exact resume: the data order and augmentation are functions of (seed, epoch, position)
+(src/sampler.py), the LR a function of the global step (src/lr_generator.py), and everything
+else (weights, optimizer, EMA, scaler, RNG of every rank, best metric, early-stopping and
+plateau state) is in the checkpoint, so a run killed at any checkpoint and resumed ends with
+bitwise the same weights as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from src.amp import NoScaler, autocast, build_scaler
+from src.checkpoint import (BEST_TAG, CHECKPOINT_SUFFIX, CheckpointError, CheckpointManager, load_checkpoint,
+                            restore_rng_state, rng_state)
+from src.config import Config, ConfigError, apply_finetune_defaults
+from src.dataset import Batch, ShardedEvalSampler, build_datasets, collate_skip_broken, to_device_normalized
+from src.distributed import DistInfo, barrier, init_distributed, is_initialized, launch_env, seed_everything
+from src.ema import ModelEma
+from src.evaluate import evaluate
+from src.loss import build_loss
+from src.lr_generator import LRSchedule
+from src.mixup import mix_batch
+from src.models import build_model, get_variant, load_pretrained
+from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
+from src.monitor import EarlyStopping, TrainMonitor, format_lr
+from src.optimizer import build_optimizer
+from src.preprocess import Preprocess
+from src.progressive import StageSettings, augment_config, set_dropout, stage_settings
+from src.sampler import EpochSampler, SeededDataset
+from src.transforms import build_eval_transform, build_train_transform, resolve_augment
+
+CONFIG_FILE = "config.yaml"
+FEW_IMAGES_WARNING = 500  # below this many training images, fine-tuning overfits easily
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD)}
+# Keys of a resume checkpoint that must be present for an exact continuation.
+RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
+# Test hook: every rank writes hashes of its final weights to this folder (bitwise-equality test).
+DUMP_WEIGHTS_ENV = "EFFNET_DUMP_RANK_WEIGHTS"
+EMPTY_BATCH_STAND_IN = 2  # images in the zero-weight batch a rank runs when all its images were unreadable
+
+
+class TrainInputError(ValueError):
+    """The data, config or checkpoint cannot give a valid run; the message says what to change."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss stayed NaN/inf for ``max_nonfinite_steps`` consecutive steps."""
+
+
+class TrainOutOfMemory(RuntimeError):
+    """CUDA ran out of memory; the message names the remedies and the intact checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------
+# State
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """Counters that move during training; all of them go into every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # optimizer steps done in the epoch in progress
+    global_step: int = 0  # optimizer steps done in the whole run (skipped ones included)
+    best_metric: float | None = None
+    best_epoch: int | None = None  # 1-based epoch of the best validation
+    nonfinite_streak: int = 0
+    nonfinite_total: int = 0
+    broken_total: int = 0
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_checkpoint: str | None = None
+    best_checkpoint: str | None = None
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset | None
+    classes: list[str]
+    image_size: int  # training crop of the final stage (the run's image_size)
+    interpolation: str
+    preprocess: Preprocess  # eval preprocessing, stored in checkpoints for eval.py and infer/
+    num_classes: int = 0  # classifier outputs: class_num, or the number of class folders
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; built by build_run, driven by train."""
+
+    cfg: Config
+    info: DistInfo
+    run_dir: Path
+    data: DataBundle
+    num_classes: int
+    model: nn.Module  # the bare model: state_dict, evaluation, EMA source
+    train_model: nn.Module  # what the step calls: model, DDP(model) and/or torch.compile(...)
+    ddp: nn.parallel.DistributedDataParallel | None
+    ema: ModelEma | None
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: NoScaler
+    criterion: nn.Module
+    monitor: TrainMonitor
+    checkpoints: CheckpointManager
+    early_stop: EarlyStopping | None
+    sampler: EpochSampler
+    steps_per_epoch: int
+    channels_last: bool
+    progress: Progress = field(default_factory=Progress)
+    stage: StageSettings | None = None
+    loader: DataLoader | None = None
+    val_loader: DataLoader | None = None
+
+    def log(self, line: str) -> None:
+        self.monitor.log(line)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    global_step: int
+    best_metric: float | None
+    best_epoch: int | None
+    last_val: dict[str, float]
+    last_checkpoint: str | None
+    best_checkpoint: str | None
+    nonfinite_total: int
+    broken_total: int
+
+
+def _is_main_launch() -> bool:
+    """Before the process group exists: rank 0 (or no launcher) prints."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up
+# ----------------------------------------------------------------------------------------------
+def check_device(cfg: Config) -> None:
+    if cfg.device_target == "GPU" and not torch.cuda.is_available():
+        raise TrainInputError("--device_target GPU but CUDA is not available on this machine; "
+                              "run with --device_target CPU")
+
+
+def resolve_resume(cfg: Config) -> tuple[Config, dict | None]:
+    """With ``--resume``: the checkpoint's config, overridden by the keys set now, and the checkpoint."""
+    if not cfg.resume:
+        return cfg, None
+    with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file: one line only
+        warnings.simplefilter("ignore", UserWarning)
+        ckpt = load_checkpoint(cfg.resume)
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{cfg.resume} is not a resumable train.py checkpoint (no {missing[0]!r}); "
+                              f"to start from its weights use --pretrained {cfg.resume}")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{cfg.resume} has no readable 'config' entry")
+    try:
+        merged = Config.from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{cfg.resume} holds a config this version cannot use ({exc})") from None
+    for key in cfg.explicit:
+        setattr(merged, key, getattr(cfg, key))
+    merged.resume = cfg.resume
+    merged.validate()
+    if merged.model != ckpt.get("model_name", merged.model):
+        raise CheckpointError(f"{cfg.resume} holds {ckpt.get('model_name')} weights, not {merged.model}")
+    merged.explicit = set(ckpt["config"]) | set(cfg.explicit)  # resolved values: no automatic re-choice
+    return merged, ckpt
+
+
+def eval_preprocess(cfg: Config, image_size: int) -> Preprocess:
+    """The run's eval preprocessing: the variant's resize/crop ratio at image_size, then explicit keys."""
+    spec = get_variant(cfg.model)
+    base = Preprocess.for_image_size(image_size, spec) if cfg.image_size else Preprocess.for_variant(spec)
+    resize, crop = cfg.eval_resize, cfg.eval_crop
+    if resize is not None and crop is None:
+        crop = round(resize * base.crop / base.resize)
+    elif crop is not None and resize is None:
+        resize = round(crop * base.resize / base.crop)
+    mean, std = NORMALIZATIONS.get(cfg.normalization, (base.mean, base.std))
+    return Preprocess(resize or base.resize, crop or base.crop, cfg.interpolation or base.interpolation,
+                      tuple(mean), tuple(std))
+
+
+def load_data(cfg: Config) -> DataBundle:
+    """Datasets with the first stage's train transform and the eval transform."""
+    if cfg.dataset_path is None:
+        raise TrainInputError("no dataset: pass --dataset_path DIR (DIR/train/<class>/*, DIR/val/<class>/*)")
+    spec = get_variant(cfg.model)
+    image_size = cfg.image_size or spec.train_size
+    interpolation = cfg.interpolation or spec.interpolation
+    pre = eval_preprocess(cfg, image_size)
+    stage = stage_settings(cfg, 0, image_size)
+    train_tf = build_train_transform(augment_config(cfg, stage), stage.image_size, interpolation,
+                                     eval_resize=_stage_resize(stage.image_size, pre))
+    splits = build_datasets(cfg, train_tf, build_eval_transform(pre))
+    return DataBundle(splits.train, splits.val, list(splits.classes), image_size, interpolation, pre)
+
+
+def _stage_resize(image_size: int, pre: Preprocess) -> int:
+    """Shorter side for the 'none' augmentation at a stage's crop size (the eval resize/crop ratio)."""
+    return round(image_size * pre.resize / pre.crop)
+
+
+def resolve_num_classes(cfg: Config, classes: list[str], notes: list[str]) -> int:
+    """Classifier outputs: class_num, or the number of class folders when it is 0 / null."""
+    if not cfg.class_num:
+        return len(classes)
+    if cfg.class_num < len(classes):
+        raise TrainInputError(f"class_num is {cfg.class_num} but the data has {len(classes)} class folders; "
+                              f"set --class_num {len(classes)} (or 0 to count the folders)")
+    if cfg.class_num > len(classes):
+        notes.append(f"warning: class_num {cfg.class_num} but the data has {len(classes)} classes; the extra outputs are "
+             f"never trained (use --class_num 0 to size the classifier from the data)")
+    return cfg.class_num
+
+
+def plan_epoch(num_train: int, cfg: Config, world_size: int) -> tuple[int, int]:
+    """(micro-batches, optimizer steps) per epoch and rank; the last partial batch is dropped."""
+    per_rank = -(-num_train // world_size)
+    steps = per_rank // cfg.batch_size // cfg.accumulate_grad_batches
+    if steps < 1:
+        raise TrainInputError(
+            f"{num_train} training images give {per_rank} per process, less than one optimizer step of "
+            f"batch_size {cfg.batch_size} x accumulate_grad_batches {cfg.accumulate_grad_batches}; "
+            f"lower --batch_size or --accumulate_grad_batches")
+    return steps * cfg.accumulate_grad_batches, steps
+
+
+def build_network(cfg: Config, num_classes: int, info: DistInfo, resuming: bool) -> nn.Module:
+    """The bare model on its device: pretrained weights, frozen backbone, checkpointing, SyncBN."""
+    model = build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout, drop_path_rate=cfg.drop_path_rate)
+    if cfg.pretrained and not resuming:
+        _load_pretrained(model, cfg.pretrained, info)
+    if cfg.freeze_backbone:
+        model.features.requires_grad_(False)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    if cfg.sync_bn and info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(info.device)
+    if _channels_last(cfg, info):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _load_pretrained(model: nn.Module, source: str, info: DistInfo) -> None:
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol warning before it refuses a file
+            warnings.simplefilter("ignore", UserWarning)
+            load_pretrained(model, source, progress=info.is_main)
+    except FileNotFoundError:
+        raise
+    except (OSError, RuntimeError) as exc:  # download failures (no network, proxy)
+        raise TrainInputError(f"cannot get pretrained weights {source!r} ({str(exc).splitlines()[0]}); "
+                              f"download them once and pass --pretrained PATH") from None
+    except Exception as exc:  # noqa: BLE001 - unsafe/corrupt weight files from torch.load
+        if type(exc).__name__ == "UnpicklingError":
+            raise CheckpointError(f"{source} is not a safe weight file (it contains pickled Python objects)") from None
+        raise
+
+
+def _channels_last(cfg: Config, info: DistInfo) -> bool:
+    return (info.device.type == "cuda") if cfg.channels_last is None else cfg.channels_last
+
+
+def wrap_model(model: nn.Module, cfg: Config, info: DistInfo) -> tuple[nn.Module, Any]:
+    """(callable for the training step, DDP wrapper or None): DDP when distributed, then compile."""
+    ddp = None
+    train_model = model
+    if info.distributed:
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        train_model = ddp
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    return train_model, ddp
+
+
+def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
+    info = init_distributed(cfg.device_target, cfg.dist_backend)
+    seed_everything(cfg.seed, info.rank)
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    num_classes = data.num_classes
+    batches, steps = plan_epoch(len(data.train), cfg, info.world_size)
+    model = build_network(cfg, num_classes, info, resuming=ckpt is not None)
+    train_model, ddp = wrap_model(model, cfg, info)
+    schedule = LRSchedule.from_config(cfg, steps, info.world_size)
+    run_dir = Path(cfg.save_checkpoint_path)
+    run = Run(
+        cfg=cfg, info=info, run_dir=run_dir, data=data, num_classes=num_classes, model=model,
+        train_model=train_model, ddp=ddp,
+        ema=ModelEma(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None,
+        optimizer=build_optimizer(model, cfg, schedule.lr_at(0)), schedule=schedule,
+        scaler=build_scaler(cfg.amp, cfg.loss_scale, info.device), criterion=build_loss(cfg, num_classes),
+        monitor=TrainMonitor(run_dir, cfg.epoch_size, steps, cfg.log_interval, info.is_main, device=info.device),
+        checkpoints=CheckpointManager(run_dir, cfg.model, cfg.keep_checkpoint_max),
+        early_stop=EarlyStopping(cfg.early_stop_patience) if cfg.early_stop_patience > 0 else None,
+        sampler=EpochSampler(len(data.train), cfg.batch_size, batches, cfg.seed, True, info.rank, info.world_size),
+        steps_per_epoch=steps, channels_last=_channels_last(cfg, info))
+    run.val_loader = make_val_loader(run)
+    describe(run)
+    if ckpt is not None:
+        restore(run, ckpt)
+    return run
+
+
+def describe(run: Run) -> None:
+    """One line with the numbers that decide the optimisation: processes, global batch, steps, LR."""
+    cfg, info = run.cfg, run.info
+    global_batch = cfg.batch_size * info.world_size * cfg.accumulate_grad_batches
+    lr = f"lr_max {format_lr(run.schedule.lr_max)}"
+    if cfg.scale_lr:
+        lr += f" (scale_lr: {format_lr(cfg.lr_max)} x {global_batch} / {cfg.lr_base_batch})"
+    run.log(f"training {cfg.model} ({run.num_classes} classes) on {info.device}: {info.world_size} process(es) x "
+            f"batch {cfg.batch_size} x accumulate {cfg.accumulate_grad_batches} = global batch {global_batch}; "
+            f"{run.steps_per_epoch} steps per epoch, {cfg.epoch_size} epochs, {lr}, amp {cfg.amp}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data loaders
+# ----------------------------------------------------------------------------------------------
+def _loader_kwargs(run: Run) -> dict[str, Any]:
+    workers = run.cfg.num_workers
+    return dict(num_workers=workers, collate_fn=collate_skip_broken, pin_memory=run.info.device.type == "cuda",
+                persistent_workers=workers > 0,
+                # A private generator: creating a loader iterator must not draw from the global RNG.
+                generator=torch.Generator().manual_seed(run.cfg.seed))
+
+
+def make_train_loader(run: Run, stage: StageSettings) -> DataLoader:
+    """Loader for a progressive stage (or the whole run): the stage's transform, the seeded sampler."""
+    transform = build_train_transform(augment_config(run.cfg, stage), stage.image_size, run.data.interpolation,
+                                      eval_resize=_stage_resize(stage.image_size, run.data.preprocess))
+    run.data.train.transform = transform  # type: ignore[attr-defined]
+    return DataLoader(SeededDataset(run.data.train, run.cfg.seed), batch_size=run.cfg.batch_size,
+                      sampler=run.sampler, drop_last=False, **_loader_kwargs(run))
+
+
+def make_val_loader(run: Run) -> DataLoader | None:
+    if run.data.val is None:
+        return None
+    val = run.data.val
+    sampler = ShardedEvalSampler(len(val), run.info.rank, run.info.world_size)  # type: ignore[arg-type]
+    return DataLoader(val, batch_size=run.cfg.eval_batch_size or run.cfg.batch_size, drop_last=False,
+                      sampler=sampler, **_loader_kwargs(run))
+
+
+def loader_for_epoch(run: Run, epoch: int) -> DataLoader:
+    """The current loader, rebuilt (with the model's dropout) when a progressive stage begins."""
+    stage = stage_settings(run.cfg, epoch, run.data.image_size)
+    if run.loader is None or stage != run.stage:
+        if run.stage is not None and run.cfg.progressive:
+            run.log(f"progressive stage {stage.index + 1}/{len(run.cfg.progressive)} from epoch {epoch + 1}: "
+                    f"image_size {stage.image_size}, dropout {stage.dropout}, randaug_magnitude "
+                    f"{stage.randaug_magnitude}, mixup {stage.mixup}")
+        run.loader = None  # shut persistent workers of the previous stage down first
+        run.loader = make_train_loader(run, stage)
+        set_dropout(run.model, stage.dropout)
+        run.stage = stage
+    return run.loader
+
+
+# ----------------------------------------------------------------------------------------------
+# One optimizer step
+# ----------------------------------------------------------------------------------------------
+def set_train_mode(run: Run) -> None:
+    """Train mode; a frozen backbone stays in eval so its BN statistics and stochastic depth stay off."""
+    run.model.train()
+    if run.cfg.freeze_backbone:
+        run.model.features.eval()
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _stand_in_batch(run: Run) -> Batch:
+    """Zero images with loss weight 0: a rank whose whole batch was unreadable still joins DDP's all-reduce."""
+    size = run.stage.image_size if run.stage else run.data.image_size
+    images = torch.zeros((EMPTY_BATCH_STAND_IN, 3, size, size), dtype=torch.uint8)
+    return Batch(images, torch.zeros(EMPTY_BATCH_STAND_IN, dtype=torch.int64), [])
+
+
+def forward_backward(run: Run, batch: Batch, last_micro: bool, micro: int) -> torch.Tensor:
+    """Loss of one micro-batch, backpropagated (scaled by the accumulation count); returns it detached."""
+    cfg, info = run.cfg, run.info
+    weight = 1.0 / cfg.accumulate_grad_batches
+    if batch.labels.numel() == 0:
+        if not info.distributed:
+            return torch.zeros((), device=info.device)
+        batch, weight = _stand_in_batch(run), 0.0
+    pre = run.data.preprocess
+    x = to_device_normalized(batch.images, pre.mean, pre.std, info.device, run.channels_last)
+    target: torch.Tensor = batch.labels.to(info.device, non_blocking=True)
+    mixup = run.stage.mixup if run.stage else cfg.mixup
+    if mixup > 0 or cfg.cutmix > 0:
+        rng = np.random.default_rng([cfg.seed, run.progress.global_step, micro, info.rank])
+        x, target = mix_batch(x, target, run.num_classes, mixup, cfg.cutmix, rng)
+    no_sync = run.ddp.no_sync() if run.ddp is not None and not last_micro else contextlib.nullcontext()
+    with no_sync:
+        with autocast(info.device, cfg.amp):
+            loss = run.criterion(run.train_model(x), target)
+        run.scaler.backward(loss * weight)
+    return loss.detach().float() * (weight * cfg.accumulate_grad_batches)
+
+
+def _all_finite(loss: torch.Tensor, run: Run) -> bool:
+    """Whether every rank's loss is finite; ranks must agree or their weights would diverge."""
+    flag = torch.isfinite(loss).to(torch.float32).reshape(1)
+    if run.info.distributed:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def optimizer_step(run: Run, loss: torch.Tensor) -> bool:
+    """Skip on a non-finite loss (stop after too many in a row), else clip, step, update the EMA."""
+    p, cfg = run.progress, run.cfg
+    if not _all_finite(loss, run):
+        run.optimizer.zero_grad(set_to_none=True)
+        p.nonfinite_streak += 1
+        p.nonfinite_total += 1
+        run.log(f"warning: non-finite loss at epoch {p.epoch + 1} step {p.step_in_epoch + 1}; step skipped "
+                f"({p.nonfinite_streak} in a row, {p.nonfinite_total} in all)")
+        if p.nonfinite_streak >= cfg.max_nonfinite_steps:
+            kept = p.last_checkpoint or "none saved yet"
+            raise NonFiniteLossError(
+                f"the loss was NaN/inf for {p.nonfinite_streak} consecutive steps (max_nonfinite_steps); "
+                f"training stopped. Lower --lr_max, set --grad_clip, or use --amp bf16/none. "
+                f"Last good checkpoint: {kept}")
+        return False
+    p.nonfinite_streak = 0
+    if cfg.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_([q for q in run.model.parameters() if q.grad is not None], cfg.grad_clip)
+    applied = run.scaler.step(run.optimizer)
+    run.optimizer.zero_grad(set_to_none=True)
+    if applied and run.ema is not None:
+        run.ema.update(run.model)
+    return applied
+
+
+def train_one_epoch(run: Run, loader: DataLoader, epoch: int) -> None:
+    """Optimizer steps from ``progress.step_in_epoch`` to the end of ``epoch``."""
+    cfg, p = run.cfg, run.progress
+    accum = cfg.accumulate_grad_batches
+    set_train_mode(run)
+    run.sampler.set_epoch(epoch, p.step_in_epoch * accum)
+    run.monitor.start_epoch(epoch)
+    run.monitor.step_in_epoch = p.step_in_epoch  # a resumed epoch keeps its step numbers
+    broken = 0
+    batches = iter(loader)
+    while p.step_in_epoch < run.steps_per_epoch:
+        lr = run.schedule.lr_at(p.global_step)
+        set_lr(run.optimizer, lr)
+        loss_sum, images, waited = torch.zeros((), device=run.info.device), 0, 0.0
+        for micro in range(accum):
+            start = time.perf_counter()
+            batch = next(batches)
+            waited += time.perf_counter() - start
+            broken += len(batch.broken)
+            images += batch.labels.numel()
+            loss_sum += forward_backward(run, batch, micro == accum - 1, micro)
+        optimizer_step(run, loss_sum / accum)
+        p.global_step += 1
+        p.step_in_epoch += 1
+        run.monitor.update(loss_sum / accum, lr, images * run.info.world_size, waited)
+        if _mid_epoch_save_due(run):
+            save_checkpoint(run, epoch + 1, p.step_in_epoch)
+    broken = _sum_over_ranks(broken, run)
+    p.broken_total += broken
+    run.monitor.end_epoch(broken_images=broken)
+
+
+def _sum_over_ranks(value: int, run: Run) -> int:
+    if not run.info.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=run.info.device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def _mid_epoch_save_due(run: Run) -> bool:
+    n = run.cfg.save_checkpoint_steps
+    return (run.cfg.save_checkpoint and n > 0 and run.progress.global_step % n == 0
+            and run.progress.step_in_epoch < run.steps_per_epoch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Replicas, validation, checkpoints
+# ----------------------------------------------------------------------------------------------
+def sync_replicas(run: Run) -> None:
+    """Copy rank 0's BN statistics (model and EMA) to every rank before evaluating or saving.
+
+    Parameters are identical on all ranks by construction (DDP averages gradients); the running
+    statistics are updated from each rank's own batch after DDP's per-forward broadcast.
+    """
+    if not run.info.distributed:
+        return
+    modules = [run.model] + ([run.ema.module] if run.ema is not None else [])
+    for module in modules:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def validate(run: Run, epoch: int) -> float | None:
+    """Top-1/top-5 of the model (and its EMA); returns the metric that drives best / early stop."""
+    if run.val_loader is None:
+        return None
+    pre, info = run.data.preprocess, run.info
+    results = {"model": run.model} | ({"ema": run.ema.module} if run.ema is not None else {})
+    metric = None
+    for tag, module in results.items():
+        res = evaluate(module, run.val_loader, info.device, pre.mean, pre.std, run.num_classes,
+                       channels_last=run.channels_last, amp=run.cfg.amp)
+        run.monitor.log_val(epoch, res.top1, res.top5, res.loss, tag=None if tag == "model" else tag)
+        run.progress.last_val.update({f"{tag}_top1": res.top1, f"{tag}_top5": res.top5, f"{tag}_count": res.count})
+        metric = res.top1  # the EMA's when there is one (evaluated last), as timm does
+    return metric
+
+
+def gather_rng_states(run: Run) -> list[dict] | None:
+    """Every rank's RNG state (ranks draw different dropout masks), collected on all ranks."""
+    if not run.info.distributed:
+        return None
+    states: list[Any] = [None] * run.info.world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def checkpoint_state(run: Run) -> dict[str, Any]:
+    """The checkpoint dict of CONTRACTS.md plus what exact resume needs; plain data only."""
+    p = run.progress
+    early = run.early_stop.state_dict() if run.early_stop is not None else None
+    return {
+        "model": run.model.state_dict(), "epoch": p.epoch, "step": p.global_step, "step_in_epoch": p.step_in_epoch,
+        "steps_per_epoch": run.steps_per_epoch, "world_size": run.info.world_size,
+        "config": run.cfg.to_dict(), "model_name": run.cfg.model, "num_classes": run.num_classes,
+        "classes": list(run.data.classes), "preprocess": run.data.preprocess.to_dict(),
+        "optimizer": run.optimizer.state_dict(), "lr_state": run.schedule.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None, "scaler": run.scaler.state_dict(),
+        "rng": rng_state(), "rng_per_rank": gather_rng_states(run), "best_metric": p.best_metric,
+        "best_epoch": p.best_epoch, "best_checkpoint": p.best_checkpoint, "early_stop": early,
+        "nonfinite_total": p.nonfinite_total, "broken_total": p.broken_total,
+    }
+
+
+def save_checkpoint(run: Run, epoch_tag: int, step_tag: int, periodic: bool = True, best: bool = False) -> None:
+    """Rank 0 writes ``<model>-<epoch>_<step>.pth`` and/or ``<model>-best.pth``; every rank takes part."""
+    if not run.cfg.save_checkpoint or not (periodic or best):
+        return
+    sync_replicas(run)
+    if best:
+        run.progress.best_checkpoint = str(run.run_dir / f"{run.cfg.model}-{BEST_TAG}{CHECKPOINT_SUFFIX}")
+    state = checkpoint_state(run)  # collective (RNG gather): every rank builds it
+    if not run.info.is_main:
+        return
+    written = []
+    if periodic:
+        path = run.checkpoints.save(state, epoch_tag, step_tag)
+        run.progress.last_checkpoint = str(path)
+        written.append(str(path))
+    if best:
+        written.append(str(run.checkpoints.save_best(state)) + " (new best)")
+    run.log("saved checkpoint " + ", ".join(written))
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Load every piece of state from a resume checkpoint into the built run."""
+    p, path = run.progress, run.cfg.resume
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.schedule.load_state_dict(ckpt["lr_state"])
+        if run.ema is not None and ckpt.get("ema") is not None:
+            run.ema.load_state_dict(ckpt["ema"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} does not fit this run ({str(exc).splitlines()[0]})") from None
+    run.scaler.load_state_dict(ckpt.get("scaler"))
+    if run.early_stop is not None and ckpt.get("early_stop") is not None:
+        run.early_stop.load_state_dict(ckpt["early_stop"])
+    p.epoch, p.step_in_epoch = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
+    if p.step_in_epoch and ckpt.get("steps_per_epoch") != run.steps_per_epoch:
+        run.log(f"warning: {path} was saved mid-epoch with {ckpt.get('steps_per_epoch')} steps per epoch, this run "
+                f"has {run.steps_per_epoch}; epoch {p.epoch + 1} restarts from its beginning")
+        p.step_in_epoch = 0
+    p.global_step = p.epoch * run.steps_per_epoch + p.step_in_epoch
+    p.best_metric, p.best_epoch = ckpt.get("best_metric"), ckpt.get("best_epoch")
+    p.best_checkpoint = ckpt.get("best_checkpoint")
+    p.nonfinite_total, p.broken_total = int(ckpt.get("nonfinite_total", 0)), int(ckpt.get("broken_total", 0))
+    p.last_checkpoint = str(path)
+    _restore_rng(run, ckpt)
+    run.log(f"resumed from {path}: {p.epoch} epochs + {p.step_in_epoch} steps done, global step {p.global_step}, "
+            f"lr {format_lr(run.schedule.lr_at(p.global_step))}")
+
+
+def _restore_rng(run: Run, ckpt: dict) -> None:
+    per_rank = ckpt.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == run.info.world_size:
+        restore_rng_state(per_rank[run.info.rank])
+    elif ckpt.get("rng") is not None and run.info.world_size == ckpt.get("world_size", 1):
+        restore_rng_state(ckpt["rng"])
+    else:  # another world size: a fresh, still deterministic, stream per rank
+        seed_everything(run.cfg.seed + run.progress.global_step, run.info.rank)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+def end_of_epoch(run: Run, epoch: int) -> bool:
+    """Validate, update best / plateau / early stopping, save; True when early stopping fires."""
+    cfg, p = run.cfg, run.progress
+    last = epoch + 1 == cfg.epoch_size
+    sync_replicas(run)
+    metric = validate(run, epoch) if ((epoch + 1) % cfg.eval_interval == 0 or last) else None
+    stop, best = False, False
+    if metric is not None and math.isfinite(metric):
+        best = p.best_metric is None or metric > p.best_metric
+        if best:
+            p.best_metric, p.best_epoch = metric, epoch + 1
+        if run.schedule.on_validation(metric):
+            run.log(f"validation stalled: lr reduced to {format_lr(run.schedule.lr_at(p.global_step))}")
+        if run.early_stop is not None and run.early_stop.step(metric):
+            run.log(f"early stopping: no improvement for {run.early_stop.patience} validations "
+                    f"(best top-1 {run.early_stop.best:.5f})")
+            stop = True
+    periodic = stop or last or (epoch + 1) % cfg.save_checkpoint_epochs == 0
+    save_checkpoint(run, epoch + 1, run.steps_per_epoch, periodic=periodic, best=best)
+    return stop
+
+
+def train(run: Run) -> TrainResult:
+    p = run.progress
+    if p.epoch >= run.cfg.epoch_size:
+        run.log(f"nothing to do: {p.epoch} of {run.cfg.epoch_size} epochs are already done")
+    for epoch in range(p.epoch, run.cfg.epoch_size):
+        loader = loader_for_epoch(run, epoch)
+        train_one_epoch(run, loader, epoch)
+        p.epoch, p.step_in_epoch = epoch + 1, 0
+        if end_of_epoch(run, epoch):
+            break
+    run.loader = run.val_loader = None  # stop persistent workers before the process group goes
+    run.monitor.close()
+    return TrainResult(run.run_dir, p.epoch, p.global_step, p.best_metric, p.best_epoch, dict(p.last_val),
+                       p.last_checkpoint, p.best_checkpoint, p.nonfinite_total, p.broken_total)
+
+
+def report(run: Run, result: TrainResult) -> None:
+    """The closing lines: accuracy, best checkpoint, skipped steps and images."""
+    val = result.last_val
+    if "model_top1" in val:
+        line = f"final accuracy: top-1 {val['model_top1']:.5f}, top-5 {val['model_top5']:.5f}"
+        if "ema_top1" in val:
+            line += f"; EMA top-1 {val['ema_top1']:.5f}, top-5 {val['ema_top5']:.5f}"
+        run.log(line + f" ({val['model_count']} validation images)")
+    elif run.data.val is None:
+        run.log("final accuracy: no validation set (add DIR/val/<class>/* or set --val_split)")
+    if result.best_metric is not None:
+        run.log(f"best top-1 {result.best_metric:.5f} after epoch {result.best_epoch}: {result.best_checkpoint}")
+    if result.last_checkpoint:
+        run.log(f"last checkpoint: {result.last_checkpoint}")
+    if result.nonfinite_total or result.broken_total:
+        run.log(f"skipped: {result.nonfinite_total} non-finite steps, {result.broken_total} unreadable images")
+    run.log(f"run folder: {result.run_dir}")
+
+
+def dump_rank_weights(run: Run, folder: str) -> None:
+    """Test hook (EFFNET_DUMP_RANK_WEIGHTS): sha256 of this rank's parameters and buffers."""
+    def digest(tensors: list[torch.Tensor]) -> str:
+        h = hashlib.sha256()
+        for tensor in tensors:
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"rank": run.info.rank, "params": digest(list(run.model.parameters())),
+              "buffers": digest(list(run.model.buffers())),
+              "ema": digest(list(run.ema.module.state_dict().values())) if run.ema is not None else None}
+    (out / f"rank{run.info.rank}.json").write_text(json.dumps(record))
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry
+# ----------------------------------------------------------------------------------------------
+def announce(cfg: Config, run_dir: Path, notes: list[str]) -> None:
+    """Rank 0: print the resolved config and save it as config.yaml in the run folder."""
+    if not _is_main_launch():
+        return
+    path = cfg.save(run_dir / CONFIG_FILE)
+    print(f"resolved config (saved to {path}):\n{cfg.to_yaml()}", end="", flush=True)
+    for note in notes:
+        print(note, flush=True)
+
+
+def fix_augment_preset(cfg: Config) -> None:
+    """Write the named augmentation preset's values into the config (and mark them set).
+
+    A preset only fills keys the user did not set, so the saved config.yaml and the checkpoint's
+    config, where every key is set, reproduce the run only once the preset's values are in them.
+    """
+    aug = resolve_augment(cfg)
+    for item in fields(aug):
+        if item.name != "augment" and hasattr(cfg, item.name):
+            setattr(cfg, item.name, getattr(aug, item.name))
+            cfg.explicit.add(item.name)
+
+
+def prepare(cfg: Config) -> tuple[Config, DataBundle, dict | None, list[str]]:
+    """Everything that can fail on bad input, before any process group or model exists."""
+    cfg, ckpt = resolve_resume(cfg)
+    check_device(cfg)
+    fix_augment_preset(cfg)
+    if cfg.sync_bn and cfg.device_target == "CPU" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainInputError("--sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); drop it for CPU runs")
+    data = load_data(cfg)
+    notes = [f"data: {len(data.train)} training images, {len(data.val) if data.val is not None else 0} validation "
+             f"images, {len(data.classes)} classes"]
+    if cfg.finetune_auto and ckpt is None:
+        notes += apply_finetune_defaults(cfg, len(data.train))
+    if len(data.train) < FEW_IMAGES_WARNING:
+        notes.append(f"warning: only {len(data.train)} training images; expect overfitting - prefer --pretrained "
+                     f"imagenet, stronger --augment, or --freeze_backbone true")
+    if cfg.freeze_backbone and not cfg.pretrained and ckpt is None:
+        notes.append("warning: --freeze_backbone without --pretrained trains a classifier on random features")
+    data.num_classes = resolve_num_classes(cfg, data.classes, notes)
+    launch = launch_env(os.environ)
+    plan_epoch(len(data.train), cfg, launch.world_size if launch else 1)  # fails here, before any process group
+    if ckpt is not None:
+        check_resume_classes(ckpt, data.classes, str(cfg.resume))
+    return cfg, data, ckpt, notes
+
+
+def check_resume_classes(ckpt: dict, classes: list[str], path: str) -> None:
+    saved = ckpt.get("classes")
+    if saved is not None and list(saved) != classes:
+        raise CheckpointError(f"{path} was trained on classes {list(saved)[:5]}... but the dataset has "
+                              f"{classes[:5]}...; resume with the same --dataset_path")
+
+
+def run_training(cfg: Config) -> TrainResult:
+    """Train as ``cfg`` says; raises TrainInputError & co. for bad input, NonFiniteLossError, TrainOutOfMemory."""
+    cfg, data, ckpt, notes = prepare(cfg)
+    announce(cfg, Path(cfg.save_checkpoint_path), notes)
+    run: Run | None = None
+    try:
+        run = build_run(cfg, data, ckpt)
+        result = train(run)
+        report(run, result)
+        dump_dir = os.environ.get(DUMP_WEIGHTS_ENV)
+        if dump_dir:
+            dump_rank_weights(run, dump_dir)
+        barrier()
+        return result
+    except torch.cuda.OutOfMemoryError:
+        raise TrainOutOfMemory(_oom_message(cfg, run)) from None
+    finally:
+        if is_initialized():
+            dist.destroy_process_group()
+
+
+def _oom_message(cfg: Config, run: Run | None) -> str:
+    kept = (run.progress.last_checkpoint if run is not None else None) or "none saved yet"
+    size = cfg.image_size or get_variant(cfg.model).train_size
+    if run is not None and run.stage is not None:
+        size = run.stage.image_size
+    return (f"out of GPU memory training {cfg.model} at batch_size {cfg.batch_size}, image_size "
+            f"{size}, amp {cfg.amp}. Try a smaller --batch_size "
+            f"with --accumulate_grad_batches (same global batch), --amp fp16 or bf16, --grad_checkpointing true, "
+            f"or a smaller --image_size. Last checkpoint (intact): {kept}")
+
+
+__all__ = ["NonFiniteLossError", "TrainInputError", "TrainOutOfMemory", "TrainResult", "run_training"]

@@ -1,0 +1,155 @@
+"""benchmark.py: every mode runs at tiny sizes and writes the JSON the README tables come from.
+
+No timing assertions (the machine is shared); the tests check the structure and the values that
+do not depend on speed: which rows exist, how many images were processed, exact ratios of a row
+to itself, pixel agreement with torchvision where the pipelines must agree.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import benchmark
+from bench import data as data_mode
+from bench.memory import add_savings
+
+
+def run_mode(tmp_path, argv: list[str]) -> dict:
+    out = tmp_path / f"{argv[0]}.json"
+    assert benchmark.main(argv + ["--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def rows(payload: dict, **match) -> list[dict]:
+    return [r for r in payload["results"] if all(r[k] == v for k, v in match.items())]
+
+
+def test_generated_jpegs_are_cached_deterministic_and_photo_like(tmp_path):
+    kind = data_mode.JpegKind("phone", 160, 120, 92, 30, 8.0, 4, True)
+    first = data_mode.generate_jpegs(tmp_path / "a", kind, 2)
+    again = data_mode.generate_jpegs(tmp_path / "a", kind, 2)
+    other = data_mode.generate_jpegs(tmp_path / "b", kind, 2)
+    assert first == again and [p.name for p in first] == ["0000.jpg", "0001.jpg"]
+    assert [p.stat().st_mtime_ns for p in first] == [p.stat().st_mtime_ns for p in again]  # not rewritten
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in other]   # same seed, same bytes
+    assert first[0].read_bytes() != first[1].read_bytes()
+    with Image.open(first[0]) as img:
+        assert (img.format, img.size, img.mode) == ("JPEG", (160, 120), "RGB")
+        assert img.getexif()[data_mode.EXIF_ORIENTATION_TAG] == 1
+        pixels = np.asarray(img, dtype=np.float64)
+    assert pixels.std() > 20   # content, not a flat colour
+    assert not list((tmp_path / "a").rglob("*.tmp"))
+
+
+def test_data_mode_rows_counts_and_pixel_agreement(tmp_path):
+    p = run_mode(tmp_path, ["data", "--num_images", "4", "--imagenet_size", "96x72", "--phone_size", "320x240",
+                            "--image_size", "32", "--rounds", "1", "--data_dir", str(tmp_path / "jpegs")])
+    assert p["per"].startswith("worker") and p["preprocess"]["crop"] == 32 and p["preprocess"]["resize"] == 37
+    assert [(f["kind"], f["count"], f["width"], f["height"]) for f in p["files"]] == [
+        ("imagenet", 4, 96, 72), ("phone", 1, 320, 240)]
+    for kind, count in (("imagenet", 4), ("phone", 1)):
+        assert {r["impl"] for r in rows(p, kind=kind, task="train")} == {"torchvision", "ours"}
+        assert {r["impl"] for r in rows(p, kind=kind, task="eval")} == {"torchvision", "ours", "ours_draft"}
+        for r in rows(p, kind=kind):
+            assert r["images"] == count and r["compared_images"] == count
+            assert r["images_per_sec"] > 0 and r["speedup_vs_torchvision"] > 0
+            assert len(r["speedup_per_round"]) == 1 and r["speedup_per_round"][0] == r["speedup_vs_torchvision"]
+        for task in ("train", "eval"):
+            ref = rows(p, kind=kind, task=task, impl="torchvision")[0]
+            assert ref["speedup_vs_torchvision"] == 1.0 and ref["mean_abs_diff"] == 0.0
+        # The eval pipeline without draft is torchvision's Resize + CenterCrop, pixel for pixel.
+        assert rows(p, kind=kind, task="eval", impl="ours")[0]["mean_abs_diff"] == 0.0
+    # Same seed, same boxes and flips: the train crops differ only by resampling arithmetic.
+    assert rows(p, kind="imagenet", task="train", impl="ours")[0]["mean_abs_diff"] < 0.5
+    # 240 px decoded at 1/2 for a 37 px resize: close to full decoding, but not identical.
+    draft_diff = rows(p, kind="phone", task="eval", impl="ours_draft")[0]["mean_abs_diff"]
+    assert 0.0 < draft_diff < 2.0
+    assert rows(p, kind="imagenet", task="eval", impl="ours_draft")[0]["mean_abs_diff"] == 0.0  # no draft at 72 px
+    targets = {(t["kind"], t["task"]): t for t in p["targets"]}
+    assert {k: t["required"] for k, t in targets.items()} == {("phone", "train"): 3.0, ("imagenet", "train"): 1.2}
+    for (kind, task), t in targets.items():
+        assert t["measured"] == rows(p, kind=kind, task=task, impl="ours")[0]["speedup_vs_torchvision"]
+        assert t["met"] == (t["measured"] >= t["required"])
+    assert p["norm_ms_per_image"] > 0
+
+
+def test_model_mode_has_every_impl_variant_and_task(tmp_path):
+    p = run_mode(tmp_path, ["model", "--batch_size", "2", "--image_size", "32", "--rounds", "1", "--iters", "1",
+                            "--warmup", "0", "--amp", "bf16"])
+    impls = {"ours", "torchvision"} | ({"timm"} if any(r["impl"] == "timm" for r in p["results"]) else set())
+    assert len(p["results"]) == 2 * 2 * len(impls)   # {train, infer} x {eager, channels_last} x impls
+    for task in ("train", "infer"):
+        for variant in ("eager", "channels_last"):
+            got = rows(p, task=task, variant=variant)
+            assert {r["impl"] for r in got} == impls
+            assert all(r["images_per_sec"] > 0 for r in got)
+            assert rows(p, task=task, variant=variant, impl="ours")[0]["ours_speedup"] == 1.0
+    assert p["device"] == "cpu" and p["batch_size"] == 2 and p["amp"] == "bf16"
+
+
+def test_onnx_mode_matches_eager_logits_at_each_batch(tmp_path):
+    p = run_mode(tmp_path, ["onnx", "--image_size", "32", "--batch_sizes", "1", "3", "--rounds", "1",
+                            "--threads", "1"])
+    assert p["providers"] == ["CPUExecutionProvider"] and p["threads"] == 1
+    impls = ["pytorch_eager", "pytorch_channels_last", "onnxruntime"]
+    assert [(r["batch"], r["impl"]) for r in p["results"]] == [(b, i) for b in (1, 3) for i in impls]
+    for r in p["results"]:
+        assert r["images_per_sec"] > 0 and r["calls_per_round"] >= 1
+        if r["impl"] == "pytorch_eager":
+            assert r["speedup_vs_eager"] == 1.0
+        if r["impl"] != "onnxruntime":
+            assert r["rel_diff_vs_eager"] == 0.0
+        else:
+            assert r["max_abs_logit"] > 0   # BN calibrated: logits are not vanishing
+            assert r["rel_diff_vs_eager"] == r["max_abs_diff_vs_eager"] / r["max_abs_logit"]
+            assert 0.0 < r["rel_diff_vs_eager"] < 1e-3   # same network, BN folded by the exporter
+
+
+def test_memory_mode_rows_and_checkpointing_ratio(tmp_path):
+    p = run_mode(tmp_path, ["memory", "--model", "efficientnet_b0", "--image_size", "32", "--batch_sizes", "2",
+                            "--amp_modes", "none"])
+    keys = [(r["impl"], r["checkpointing"], r["amp"], r["batch"]) for r in p["results"]]
+    assert keys == [("ours", False, "none", 2), ("ours", True, "none", 2), ("torchvision", False, "none", 2)]
+    for r in p["results"]:
+        assert "error" not in r and r["device"] == "cpu"
+        assert r["cpu_step_mb"] > 0 and r["model_optimizer_mb"] > 0 and math.isfinite(r["loss"])
+    off, on, tv = p["results"]
+    assert on["step_vs_no_checkpointing"] == pytest.approx(on["cpu_step_mb"] / off["cpu_step_mb"])
+    assert off["step_vs_no_checkpointing"] == 1.0 and tv["step_vs_no_checkpointing"] == 1.0
+
+
+def test_memory_savings_use_the_matching_row():
+    results = [dict(impl="ours", batch=8, amp="none", checkpointing=False, cpu_step_mb=1000.0),
+               dict(impl="ours", batch=8, amp="none", checkpointing=True, cpu_step_mb=400.0),
+               dict(impl="ours", batch=8, amp="bf16", checkpointing=True, cpu_step_mb=300.0),
+               dict(impl="ours", batch=8, amp="bf16", checkpointing=False, cpu_step_mb=600.0)]
+    add_savings(results)
+    assert [r["step_vs_no_checkpointing"] for r in results] == [1.0, 0.4, 0.5, 1.0]
+
+
+def test_train_mode_runs_train_py_and_the_plain_loop(tmp_path):
+    p = run_mode(tmp_path, ["train", "--image_size", "32", "--batch_size", "4", "--classes", "2",
+                            "--per_class", "4", "--jpeg_size", "64x48", "--num_workers", "0", "--rounds", "1",
+                            "--data_dir", str(tmp_path / "jpegs")])
+    assert [r["impl"] for r in p["results"]] == ["train.py", "plain_loop"]
+    for r in p["results"]:
+        assert r["images"] == 8 and r["images_per_sec"] > 0 and math.isfinite(r["final_loss"])
+    assert p["results"][1]["vs_plain_loop"] == 1.0
+    assert "--epoch_size 2" in p["train_py_command"] and "--device_target CPU" in p["train_py_command"]
+    class_dirs = sorted((tmp_path / "jpegs" / "folder-2x4-64x48" / "train").iterdir())
+    assert [d.name for d in class_dirs] == ["class_00", "class_01"]
+    assert all(len(list(d.glob("*.jpg"))) == 4 for d in class_dirs)
+
+
+def test_bad_options_exit_2_with_one_line(capsys):
+    assert benchmark.main(["data", "--num_images", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --num_images and --rounds must be >= 1, got 0, 5"
+    assert benchmark.main(["onnx", "--model", "efficientnet_b9"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown model 'efficientnet_b9'")
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main(["data", "--phone_size", "big"])
+    assert exc.value.code == 2

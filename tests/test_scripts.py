@@ -1,0 +1,133 @@
+"""The training launchers in scripts/: argument checks with usage, and one real CPU run + resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_data import make_image_folder
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+RUN_TIMEOUT_S = 600
+ENV = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+
+
+def script(name: str, *args: object, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPTS / name), *map(str, args)], cwd=cwd, env=env or ENV,
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+
+
+def assert_usage_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and fragment in proc.stderr.splitlines()[0], proc.stderr
+    assert "Usage: bash scripts/" in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data"), classes=2, per_class=8, size=(36, 36), split="both")
+
+
+@pytest.mark.parametrize("name, args, fragment", [
+    ("run_standalone_train.sh", [], "expected DEVICE_ID and DATA_DIR, got 0"),
+    ("run_standalone_train.sh", ["0"], "got 1 argument"),
+    ("run_standalone_train.sh", ["gpu0", "{data}"], "DEVICE_ID must be a non-negative integer"),
+    ("run_standalone_train.sh", ["0", "{tmp}/missing"], "DATA_DIR '{tmp}/missing' is not a directory"),
+    ("run_distribute_train.sh", ["8"], "expected DEVICE_NUM and DATA_DIR, got 1"),
+    ("run_distribute_train.sh", ["0", "{data}"], "DEVICE_NUM must be a positive integer, got '0'"),
+    ("run_distribute_train.sh", ["-2", "{data}"], "DEVICE_NUM must be a positive integer"),
+    ("run_distribute_train.sh", ["two", "{data}"], "DEVICE_NUM must be a positive integer"),
+    ("run_distribute_train.sh", ["2", "{tmp}/missing"], "is not a directory"),
+    ("run_distribute_resume.sh", ["2", "{data}"], "expected DEVICE_NUM, DATA_DIR and CHECKPOINT, got 2"),
+    ("run_distribute_resume.sh", ["2", "{data}", "{tmp}/none.pth"], "CHECKPOINT '{tmp}/none.pth' is not a file"),
+    ("run_distribute_resume.sh", ["x", "{data}", "{tmp}/none.pth"], "DEVICE_NUM must be a positive integer"),
+])
+def test_bad_arguments_print_usage_and_exit_1(name, args, fragment, data, tmp_path):
+    proc = script(name, *[a.format(data=data, tmp=tmp_path) for a in args])
+    assert_usage_error(proc, fragment.format(tmp=tmp_path))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
+@pytest.mark.parametrize("name, first", [("run_distribute_train.sh", "2"), ("run_standalone_train.sh", "0")])
+def test_gpu_launch_without_gpus_is_refused(name, first, data):
+    proc = script(name, first, data)
+    assert_usage_error(proc, "--device_target CPU")
+
+
+def test_bad_train_flag_is_train_py_error_exit_2(data, tmp_path):
+    proc = script("run_distribute_train.sh", 2, data, "--batch_size", "-4", env={**ENV, "RUN_ROOT": str(tmp_path)})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: config key 'batch_size'") and len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing launched, no run folder
+
+
+def test_resume_refuses_an_unsafe_checkpoint(data, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint at all")
+    proc = script("run_distribute_resume.sh", 2, data, bad, "--device_target", "CPU")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and str(bad) in proc.stderr
+
+
+@pytest.mark.slow
+def test_standalone_cpu_run_then_two_process_resume(data, tmp_path):
+    env = {**ENV, "RUN_ROOT": str(tmp_path / "runs"), "MASTER_PORT": str(free_port())}
+    args = ["--device_target", "CPU", "--model", "efficientnet_b0", "--image_size", "32", "--batch_size", "4",
+            "--epoch_size", "1", "--num_workers", "0", "--class_num", "0", "--augment", "none", "--log_interval", "2"]
+    proc = script("run_standalone_train.sh", 0, data, *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(re.search(r"^run folder: (\S+)", proc.stdout, re.M).group(1))
+    assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("train_")
+    assert "final accuracy" in (run_dir / "log.txt").read_text()
+    first = run_dir / "efficientnet_b0-1_4.pth"
+    assert first.is_file() and (run_dir / "config.yaml").is_file()
+
+    proc = script("run_distribute_resume.sh", 2, data, first, "--epoch_size", "2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"resuming in run folder: {run_dir}" in proc.stdout
+    logs = list(run_dir.glob("log_resume_*.txt"))
+    assert len(logs) == 1 and "resumed from" in logs[0].read_text()
+    second = torch.load(run_dir / "efficientnet_b0-2_2.pth", weights_only=True)  # 2 processes: 2 steps per epoch
+    assert (second["epoch"], second["world_size"], second["config"]["device_target"]) == (2, 2, "CPU")
+
+
+def test_make_digits_writes_a_fixed_stratified_split(tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "make_digits.py"), str(tmp_path / "digits")],
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("wrote 1438 training and 359 validation digits")
+    root = tmp_path / "digits"
+    val = {p.name for p in (root / "val").rglob("*.png")}
+    assert sorted(p.name for p in (root / "val").iterdir()) == [str(d) for d in range(10)]
+    counts = [len(list((root / "val" / str(d)).iterdir())) for d in range(10)]
+    assert all(abs(c - 36) <= 1 for c in counts)  # 20% of each class (~180 images per digit)
+    assert not val & {p.name for p in (root / "train").rglob("*.png")}  # disjoint
+    digits = load_digits()
+    index = 42
+    path = next(root.rglob(f"{index:04d}.png"))
+    assert path.parent.name == str(digits.target[index])
+    with Image.open(path) as img:
+        assert img.mode == "L" and img.size == (8, 8)
+        pixels = np.asarray(img)
+    assert np.array_equal(pixels, np.rint(digits.images[index] * 255 / 16).astype(np.uint8))
+    again = subprocess.run([sys.executable, str(SCRIPTS / "make_digits.py"), str(tmp_path / "again")],
+                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert again.returncode == 0 and {p.name for p in (tmp_path / "again" / "val").rglob("*.png")} == val

@@ -1,0 +1,56 @@
+"""Train an EfficientNet: from scratch with a published recipe, or fine-tune on your own folders.
+
+    python train.py --config configs/digits.yaml --dataset_path data/digits --device_target CPU
+    python train.py --config configs/finetune.yaml --dataset_path /data/photos
+    python train.py --config configs/efficientnet_b2_imagenet.yaml --dataset_path /data/imagenet
+    python train.py --config ... --resume checkpoint/efficientnet_b2-120_625.pth
+    torchrun --nproc_per_node 8 train.py --config ... --dataset_path ...   # or scripts/run_distribute_train.sh
+
+Every config key can be given as ``--key value`` (``python -m src.config --markdown`` lists them).
+Exit status: 0 done, 1 stopped on a persistently non-finite loss, 2 bad input (one ``error:`` line),
+3 out of GPU memory (the line names the remedies), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from src.checkpoint import CheckpointError
+from src.config import ConfigError, load_config
+from src.distributed import DistributedError
+from src.models import WeightMismatchError
+from src.preprocess import DatasetError
+from src.trainer import NonFiniteLossError, TrainInputError, TrainOutOfMemory, run_training
+
+EXIT_TRAINING_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_OUT_OF_MEMORY = 3
+EXIT_INTERRUPTED = 130
+BAD_INPUT_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainInputError, WeightMismatchError,
+                    DistributedError, FileNotFoundError)
+
+
+def _error(message: object, status: int) -> int:
+    """One line on stderr: multi-line exception texts are joined so scripts can grep them."""
+    text = " ".join(str(message).split())
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        run_training(load_config(list(sys.argv[1:] if argv is None else argv)))
+    except BAD_INPUT_ERRORS as exc:
+        return _error(exc, EXIT_BAD_INPUT)
+    except NonFiniteLossError as exc:
+        return _error(exc, EXIT_TRAINING_FAILED)
+    except TrainOutOfMemory as exc:
+        return _error(exc, EXIT_OUT_OF_MEMORY)
+    except KeyboardInterrupt:
+        return _error("interrupted; resume with --resume <the last checkpoint>", EXIT_INTERRUPTED)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
