@@ -58,13 +58,21 @@ def iterations_for(fn: Callable[[], object], device: torch.device) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from src.onnx_export import export_onnx
-
     if any(b < 1 for b in args.batch_sizes) or args.rounds < 1:
         raise ValueError(f"--batch_sizes and --rounds must be >= 1, got {args.batch_sizes}, {args.rounds}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     threads = args.threads or os.cpu_count() or 1
+    saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        return _measure(args, device, threads)
+    finally:
+        torch.set_num_threads(saved_threads)
+
+
+def _measure(args: argparse.Namespace, device: torch.device, threads: int) -> dict:
+    from src.onnx_export import export_onnx
+
     size = args.image_size or get_variant(args.model).eval_crop
     torch.manual_seed(0)
     model = build_model(args.model, num_classes=NUM_CLASSES)

@@ -12,3 +12,17 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402  (after the environment is set)
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _same_numerics_for_every_test():
+    """Each test starts with one thread and denormals kept, whatever the test before it set.
+
+    Tests that compare an in-process run with a subprocess (resume after SIGKILL) need both to
+    compute with the same thread count and denormal mode to get bitwise-equal weights.
+    """
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(False)
+    yield

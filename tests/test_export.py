@@ -41,6 +41,7 @@ def _one_thread():
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     yield
+    torch.set_flush_denormal(False)
     torch.set_num_threads(threads)
 
 
