@@ -22,7 +22,7 @@ from src.dataset import ImageFolderDataset, collate_skip_broken, to_device_norma
 from src.evaluate import evaluate, format_result_line
 from src.models import build_model, get_variant
 from src.models.pretrained import pretrained_url
-from src.preprocess import Preprocess, eval_image, list_class_folders, load_rgb
+from src.preprocess import Preprocess, eval_image, list_class_folders, load_rgb, normalize_batch
 from src.transforms import build_eval_transform
 from tests.helpers_data import class_name, make_image_folder, shape_image, smooth_photo, write_broken_file
 
@@ -304,6 +304,58 @@ def test_use_ema_evaluates_the_ema_weights(files, tmp_path, capsys):
     assert runs["ema"]["per_class"] == runs["reference"]["per_class"]
     assert runs["ema"]["Loss"] == pytest.approx(runs["reference"]["Loss"], rel=1e-6)
     assert runs["ema"]["Loss"] != pytest.approx(runs["model"]["Loss"], rel=1e-3)
+
+
+# ---------------------------------------------------------------- eval.py vs the ONNX runner
+def _classify_feature_deviations(model: nn.Module, x: torch.Tensor, seed: int) -> None:
+    """A random classifier over the standardised pooled features of ``x``: random nets give every
+    image nearly the same features, so a plain random head would answer one class for all."""
+    with torch.no_grad():
+        features = model.avgpool(model.features(x)).flatten(1)
+        mean, std = features.mean(0), features.std(0) + 1e-6
+        linear = model.classifier[1]
+        weight = torch.randn(linear.weight.shape, generator=torch.Generator().manual_seed(seed)) / std
+        linear.weight.copy_(weight)
+        linear.bias.copy_(-weight @ mean)
+
+
+def test_onnx_runner_scores_every_image_as_eval_py_does(files, tmp_path, capsys):
+    """export.py + infer/ on the checkpoint eval.py scores: same top-1/top-5, same confusion matrix.
+
+    The model has calibrated BN statistics (logits of a few units that vary from image to image),
+    so agreement cell by cell means the two share preprocessing to the pixel, not a constant guess.
+    """
+    import export as export_entry
+    from infer.infer_onnx import run_inference
+    from tests.test_export import conditioned_model
+
+    model, _ = conditioned_model("efficientnet_b0", num_classes=len(CLASSES), size=CROP, seed=3, pre=B0_SMALL)
+    _, samples = list_class_folders(files["root"] / "val")
+    images = np.stack([eval_image(load_rgb(path), B0_SMALL) for path, _ in samples])
+    x = torch.from_numpy(normalize_batch(images, B0_SMALL.mean, B0_SMALL.std))
+    _classify_feature_deviations(model, x, seed=4)
+    ckpt = tmp_path / "calibrated.pth"
+    torch.save(_train_checkpoint(model), ckpt)
+    code, out, err = _run_main(capsys, ["--checkpoint_path", ckpt, "--dataset_path", files["root"], *FAST,
+                                        "--output_json", tmp_path / "e.json", "--confusion_csv", tmp_path / "cm.csv"])
+    assert code == 0, err
+    scored = json.loads((tmp_path / "e.json").read_text())
+    assert export_entry.main(["--checkpoint_path", str(ckpt), "--file_name", str(tmp_path / "b0"),
+                              "--no_op_counts"]) == 0
+    capsys.readouterr()
+    runner = run_inference(tmp_path / "b0.onnx", files["root"], device_target="CPU", batch_size=BATCH,
+                           intra_op_threads=1, announce=lambda _: None)
+
+    assert len(runner.files) == scored["images"] == NUM_IMAGES
+    predicted = runner.logits.argmax(axis=1)
+    assert len(set(predicted.tolist())) >= 3  # a varied classifier, not one constant answer
+    assert 0 < scored["correct_top1"] < scored["correct_top5"] < NUM_IMAGES
+    assert runner.top1 == scored["Top_1_Acc"] and runner.top5 == scored["Top_5_Acc"]
+    confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=int)
+    np.add.at(confusion, (runner.labels, predicted), 1)
+    with open(tmp_path / "cm.csv", newline="") as handle:
+        table = list(csv.reader(handle))[1:]
+    assert confusion.tolist() == [[int(v) for v in row[1:]] for row in table]
 
 
 # ---------------------------------------------------------------- preprocessing vs torchvision
