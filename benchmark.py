@@ -4,6 +4,7 @@ Every mode prints a table comparing this project with what a user would otherwis
 in the same process on the same inputs, and can write the numbers as JSON (``--json``).
 """
 import argparse
+import os
 import sys
 
 from bench import data as data_mode
@@ -25,12 +26,28 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
+def set_allocator(choice: str | None) -> None:
+    """Apply ``--malloc`` here and, through the environment, in every child process."""
+    from src.host_memory import OPT_OUT_ENV, OPT_OUT_VALUE, TRIM_NEVER, reuse_freed_memory
+
+    if choice == "default":
+        os.environ[OPT_OUT_ENV] = OPT_OUT_VALUE
+    elif choice == "reuse":
+        reuse_freed_memory()
+        os.environ.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(TRIM_NEVER))  # glibc reads these at start
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--malloc", choices=("default", "reuse"), default=None,
+                        help="host allocator for this process and the ones it starts: glibc's defaults, or "
+                             "reuse freed memory (src/host_memory.py) everywhere; unset: as shipped "
+                             "(train.py and eval.py reuse on CPU, everything else keeps glibc's defaults)")
     sub = parser.add_subparsers(dest="mode", required=True)
     for name, (module, help_text) in MODES.items():
         module.add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
+    set_allocator(args.malloc)
     try:
         MODES[args.mode][0].main(args)
     except ValueError as exc:  # bad options or input: one line, no traceback

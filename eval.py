@@ -27,6 +27,7 @@ from src.checkpoint import CheckpointError
 from src.config import Config, ConfigError, read_yaml
 from src.dataset import ImageFolderDataset, ShardedEvalSampler, collate_skip_broken
 from src.distributed import DistInfo, DistributedError, cleanup, init_distributed
+from src.host_memory import reuse_freed_memory
 from src.evaluate import AMP_DTYPES, EvalResult, evaluate, format_result_line, format_summary, write_confusion_csv
 from src.model_loading import (
     IMAGENET, LoadedModel, ModelLoadError, apply_eval_overrides, load_published, load_trained,
@@ -256,6 +257,8 @@ def run(argv: Sequence[str] | None) -> int:
               f"{len(samples)} images in {folder}")
         return 0
     info = init_distributed(s.device_target)
+    if info.device.type == "cpu":
+        reuse_freed_memory()
     try:
         if info.is_main:
             print(f"evaluating {loaded.name} ({loaded.num_classes} classes{', EMA weights' if s.use_ema else ''}) "

@@ -20,8 +20,16 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "malloc": _malloc_setting(),
     }
     return info
+
+
+def _malloc_setting() -> str:
+    """benchmark.py --malloc as the environment records it (see src/host_memory.py)."""
+    if os.environ.get("MALLOC_MMAP_MAX_") == "0":
+        return "reuse"
+    return "default" if os.environ.get("EFFNET_MALLOC") == "default" else "as shipped"
 
 
 def _cpu_name() -> str:

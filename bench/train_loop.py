@@ -10,7 +10,8 @@ everything around the model:
   per-epoch records in ``metrics.jsonl``: data loading, the step, logging and progress included.
 * the plain loop is what one writes by hand: torchvision ``ImageFolder`` with Resize + ToTensor +
   Normalize in the loader, ``DataLoader(shuffle=True, drop_last=True)`` and
-  forward / backward / step, timed per epoch the same way (also a fresh subprocess).
+  forward / backward / step, timed per epoch the same way (also a fresh subprocess). It uses the
+  config's memory format (channels_last) too, so the difference is the pipeline, not the kernels.
 
 The first epoch of each run is warm-up (worker start, allocator) and is left out; rounds
 alternate the order, and the ratio is the median of per-round ratios, so background load on a
@@ -43,7 +44,8 @@ def run_train_py(args: argparse.Namespace) -> dict:
     """train.py with the demo config; images/s per epoch from metrics.jsonl (validation excluded)."""
     with tempfile.TemporaryDirectory(prefix="bench_train_py_") as run_dir:
         cmd = [sys.executable, str(PROJECT_ROOT / "train.py"), *common_overrides(args), "--save_checkpoint",
-               "false", "--save_checkpoint_path", run_dir, "--eval_interval", str(args.epochs + 1)]
+               "false", "--save_checkpoint_path", run_dir, "--eval_interval", str(args.epochs + 1),
+               "--ema_decay", "0"]  # the plain loop keeps no EMA: compare the pipelines, not the recipes
         start = time.perf_counter()
         subprocess.run(cmd, cwd=PROJECT_ROOT, check=True, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
         wall = time.perf_counter() - start
@@ -86,6 +88,8 @@ def plain_loop(args: argparse.Namespace) -> dict:
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     model = build_model(cfg.model, num_classes=len(dataset.classes), dropout=cfg.dropout,
                         drop_path_rate=cfg.drop_path_rate)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     schedule = LRSchedule.from_config(cfg, len(loader))
     optimizer = build_optimizer(model, cfg, schedule.lr_at(0))
     criterion = build_loss(cfg, len(dataset.classes))
@@ -96,7 +100,7 @@ def plain_loop(args: argparse.Namespace) -> dict:
         for x, y in loader:
             for group in optimizer.param_groups:
                 group["lr"] = schedule.lr_at(step)
-            loss = criterion(model(x), y)
+            loss = criterion(model(x.contiguous(memory_format=memory_format)), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -45,11 +45,12 @@ from src.dataset import Batch, ShardedEvalSampler, build_datasets, collate_skip_
 from src.distributed import DistInfo, barrier, init_distributed, is_initialized, launch_env, seed_everything
 from src.ema import ModelEma
 from src.evaluate import evaluate
+from src.host_memory import reuse_freed_memory
 from src.loss import build_loss
 from src.lr_generator import LRSchedule
 from src.mixup import mix_batch
 from src.models import build_model, get_variant, load_pretrained
-from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
+from src.model_loading import apply_eval_overrides
 from src.monitor import EarlyStopping, TrainMonitor, format_lr
 from src.optimizer import build_optimizer
 from src.preprocess import Preprocess
@@ -59,7 +60,6 @@ from src.transforms import build_eval_transform, build_train_transform, resolve_
 
 CONFIG_FILE = "config.yaml"
 FEW_IMAGES_WARNING = 500  # below this many training images, fine-tuning overfits easily
-NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD)}
 # Keys of a resume checkpoint that must be present for an exact continuation.
 RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
 # Test hook: every rank writes hashes of its final weights to this folder (bitwise-equality test).
@@ -201,14 +201,7 @@ def eval_preprocess(cfg: Config, image_size: int) -> Preprocess:
     """The run's eval preprocessing: the variant's resize/crop ratio at image_size, then explicit keys."""
     spec = get_variant(cfg.model)
     base = Preprocess.for_image_size(image_size, spec) if cfg.image_size else Preprocess.for_variant(spec)
-    resize, crop = cfg.eval_resize, cfg.eval_crop
-    if resize is not None and crop is None:
-        crop = round(resize * base.crop / base.resize)
-    elif crop is not None and resize is None:
-        resize = round(crop * base.resize / base.crop)
-    mean, std = NORMALIZATIONS.get(cfg.normalization, (base.mean, base.std))
-    return Preprocess(resize or base.resize, crop or base.crop, cfg.interpolation or base.interpolation,
-                      tuple(mean), tuple(std))
+    return apply_eval_overrides(base, cfg.eval_resize, cfg.eval_crop, cfg.interpolation, cfg.normalization)
 
 
 def load_data(cfg: Config) -> DataBundle:
@@ -310,6 +303,8 @@ def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
     seed_everything(cfg.seed, info.rank)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        reuse_freed_memory()  # glibc would page-fault every step's activations afresh
     num_classes = data.num_classes
     batches, steps = plan_epoch(len(data.train), cfg, info.world_size)
     model = build_network(cfg, num_classes, info, resuming=ckpt is not None)
@@ -686,7 +681,8 @@ def report(run: Run, result: TrainResult) -> None:
     elif run.data.val is None:
         run.log("final accuracy: no validation set (add DIR/val/<class>/* or set --val_split)")
     if result.best_metric is not None:
-        run.log(f"best top-1 {result.best_metric:.5f} after epoch {result.best_epoch}: {result.best_checkpoint}")
+        where = f": {result.best_checkpoint}" if result.best_checkpoint else ""
+        run.log(f"best top-1 {result.best_metric:.5f} after epoch {result.best_epoch}{where}")
     if result.last_checkpoint:
         run.log(f"last checkpoint: {result.last_checkpoint}")
     if result.nonfinite_total or result.broken_total:
