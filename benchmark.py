@@ -12,6 +12,7 @@ from bench import memory as memory_mode
 from bench import model as model_mode
 from bench import onnx_bench as onnx_mode
 from bench import train_bench as train_mode
+from bench.common import write_json
 
 MODES = {
     "model": (model_mode, "train-step and inference images/s: ours vs torchvision/timm"),
@@ -45,11 +46,16 @@ def main(argv: list[str] | None = None) -> int:
                              "(train.py and eval.py reuse on CPU, everything else keeps glibc's defaults)")
     sub = parser.add_subparsers(dest="mode", required=True)
     for name, (module, help_text) in MODES.items():
-        module.add_arguments(sub.add_parser(name, help=help_text))
+        mode_parser = sub.add_parser(name, help=help_text)
+        module.add_arguments(mode_parser)
+        mode_parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     set_allocator(args.malloc)
     try:
-        MODES[args.mode][0].main(args)
+        module = MODES[args.mode][0]
+        payload = module.run(args)
+        module.print_report(payload)
+        write_json(args.json, payload)
     except ValueError as exc:  # bad options or input: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -36,7 +36,7 @@ from src.models import get_variant
 from src.preprocess import Preprocess
 from src.transforms import build_eval_transform, build_train_transform
 
-from .common import format_table, machine_info, paired_rounds, write_json
+from .common import format_table, machine_info, paired_rounds
 
 BATCH = 32
 SEED = 0
@@ -343,10 +343,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phone_size", type=parse_geometry, default=None, help="override 4000x3000")
     p.add_argument("--data_dir", default=None, help="where generated JPEGs are cached (default: the temp dir)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--json", default=None, help="write the results here")
-
-
-def main(args: argparse.Namespace) -> None:
-    payload = run(args)
-    print_report(payload)
-    write_json(args.json, payload)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .common import format_table, machine_info, write_json
+from .common import format_table, machine_info
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -255,13 +255,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads per child: memory barely depends on it, and one keeps children quick on "
                         "a shared machine")
     p.add_argument("--cpu", action="store_true", help="measure on the CPU even when a GPU is present")
-    p.add_argument("--json", default=None, help="write the results here")
-
-
-def main(args: argparse.Namespace) -> None:
-    payload = run(args)
-    print_report(payload)
-    write_json(args.json, payload)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from src.amp import autocast, build_scaler
 from src.models import build_model
 
-from .common import format_table, machine_info, paired_rounds, write_json
+from .common import format_table, machine_info, paired_rounds
 
 
 def reference_models(name: str, num_classes: int) -> dict[str, torch.nn.Module]:
@@ -155,10 +155,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="autocast dtype for both tasks (fp16 trains with dynamic loss scaling)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on CPU)")
     p.add_argument("--cpu", action="store_true", help="time on the CPU even when a GPU is present")
-    p.add_argument("--json", default=None, help="write the results here")
-
-
-def main(args: argparse.Namespace) -> None:
-    payload = run(args)
-    print_report(payload)
-    write_json(args.json, payload)

@@ -27,7 +27,7 @@ import torch
 
 from src.models import build_model, get_variant
 
-from .common import format_table, machine_info, paired_rounds, sync, write_json
+from .common import format_table, machine_info, paired_rounds, sync
 from .model import calibrate_batchnorm
 
 TARGET_SECONDS_PER_CALL_GROUP = 0.5  # iterations per round are sized so one round takes about this
@@ -150,10 +150,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="PyTorch and onnxruntime intra-op threads "
                                                              "(default: all cores)")
     p.add_argument("--cpu", action="store_true", help="time on the CPU even when a GPU is present")
-    p.add_argument("--json", default=None, help="write the results here")
-
-
-def main(args: argparse.Namespace) -> None:
-    payload = run(args)
-    print_report(payload)
-    write_json(args.json, payload)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .common import format_table, machine_info, sync, write_json
+from .common import format_table, machine_info, sync
 from .data import JPEG_KINDS, generate_jpegs
 from .train_loop import WARMUP_EPOCHS, steady
 
@@ -204,13 +204,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--data_dir", default=None, help="where generated JPEGs are cached (default: the temp dir)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    p.add_argument("--json", default=None, help="write the results here")
-
-
-def main(args: argparse.Namespace) -> None:
-    payload = run(args)
-    print_report(payload)
-    write_json(args.json, payload)
 
 
 if __name__ == "__main__":
