@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on a folder of class folders: loss, top-1, top-5 over every image.
+"""Evaluate a checkpoint on a folder of class folders (or CIFAR's test set): loss, top-1, top-5 over every image.
 
     python eval.py --checkpoint_path checkpoint/efficientnet_b2-350_625.pth --dataset_path /data/imagenet
     python eval.py --model efficientnet_b0 --pretrained --dataset_path /data/imagenet   # torchvision weights
@@ -7,8 +7,8 @@
 The checkpoint is a train.py checkpoint (model name, classes and preprocessing are read from it), a
 plain state_dict such as torchvision's (``--model`` names the variant; the class count comes from
 ``classifier.1.weight``), or ``--pretrained [imagenet|PATH]``. ``--dataset_path`` is a dataset root
-(its val/ is used) or any folder of class folders. Bad input ends with one ``error: ...`` line and
-exit status 2.
+(its val/ is used), any folder of class folders, or a CIFAR-10/100 folder as train.py reads it (its
+test batch is scored). Bad input ends with one ``error: ...`` line and exit status 2.
 """
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from src.checkpoint import CheckpointError
 from src.config import Config, ConfigError, read_yaml
-from src.dataset import ImageFolderDataset, ShardedEvalSampler, collate_skip_broken
+from src.dataset import (
+    ArrayImageDataset, ImageFolderDataset, ShardedEvalSampler, collate_skip_broken, detect_cifar, load_cifar_split,
+)
 from src.distributed import DistInfo, DistributedError, cleanup, init_distributed
 from src.host_memory import reuse_freed_memory
 from src.evaluate import AMP_DTYPES, EvalResult, evaluate, format_result_line, format_summary, write_confusion_csv
@@ -60,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add = p.add_argument
     add("--checkpoint_path", metavar="PATH", help="train.py checkpoint or a plain state_dict file")
-    add("--dataset_path", metavar="DIR", help="dataset root (its val/ is used) or a folder of class folders")
+    add("--dataset_path", metavar="DIR", help="dataset root (its val/ is used), a folder of class folders, or a "
+                                              "CIFAR-10/100 folder (its test batch)")
     add("--model", metavar="NAME", help="variant name; needed for plain state_dicts and --pretrained")
     add("--config", metavar="FILE", help="YAML config; its model, batch, worker and eval_* keys are used")
     add("--device_target", type=str.upper, choices=("GPU", "CPU"),
@@ -119,7 +123,7 @@ def merge_settings(args: argparse.Namespace) -> Settings:
 
     dataset_path = pick("dataset_path")
     if not dataset_path:
-        raise EvalInputError("--dataset_path is required (a dataset root or a folder of class folders)")
+        raise EvalInputError("--dataset_path is required (a dataset root, a folder of class folders or a CIFAR folder)")
     if args.checkpoint_path and args.pretrained:
         raise EvalInputError("give either --checkpoint_path or --pretrained, not both")
     checkpoint_path = None if args.pretrained else pick("checkpoint_path")
@@ -179,7 +183,37 @@ def resolve_preprocess(base: Preprocess, s: Settings) -> Preprocess:
                                 cfg.get("normalization"))
 
 
-def map_classes(folder: Path, folder_classes: list[str], samples: list[tuple[str, int]],
+@dataclass
+class EvalData:
+    """The images to score: (name, label) samples, the data set's class names, where they are.
+
+    ``images`` holds CIFAR's decoded test batch (samples are then ``cifar10/test[i]``); for a
+    folder it is None and samples are file paths.
+    """
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    where: str
+    images: np.ndarray | None = None
+
+    def describe(self) -> str:
+        unit = "classes" if self.images is not None else "class folders"
+        return f"{len(self.samples)} images in {len(self.classes)} {unit} of {self.where}"
+
+
+def read_eval_data(dataset_path: str) -> EvalData:
+    """A CIFAR folder's test batch, else the class folders of the root's val/ (or of the folder)."""
+    cifar = None if (Path(dataset_path) / "val").is_dir() else detect_cifar(dataset_path)
+    if cifar is not None:
+        images, labels, classes = load_cifar_split(dataset_path, cifar, "test")
+        return EvalData([(f"{cifar}/test[{i}]", label) for i, label in enumerate(labels)], classes,
+                        f"{dataset_path} ({cifar} test batch)", images)
+    folder = resolve_eval_folder(dataset_path)
+    classes, samples = list_class_folders(folder)
+    return EvalData(samples, classes, str(folder))
+
+
+def map_classes(folder: str, folder_classes: list[str], samples: list[tuple[str, int]],
                 loaded: LoadedModel) -> tuple[list[str], list[tuple[str, int]]]:
     """(class names in model output order, samples relabelled to model indices).
 
@@ -206,16 +240,22 @@ def map_classes(folder: Path, folder_classes: list[str], samples: list[tuple[str
 # --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
-def build_loader(samples: list[tuple[str, int]], classes: list[str], pre: Preprocess, s: Settings,
-                 info: DistInfo) -> DataLoader:
-    dataset = ImageFolderDataset(samples, classes, build_eval_transform(pre))
+def build_loader(data: EvalData, samples: list[tuple[str, int]], classes: list[str], pre: Preprocess,
+                 s: Settings, info: DistInfo) -> DataLoader:
+    """``samples`` are ``data``'s, relabelled to the model's class indices."""
+    transform = build_eval_transform(pre)
+    dataset: Dataset
+    if data.images is not None:
+        dataset = ArrayImageDataset(data.images, [label for _, label in samples], classes, transform)
+    else:
+        dataset = ImageFolderDataset(samples, classes, transform)
     return DataLoader(dataset, batch_size=s.batch_size, shuffle=False,
                       sampler=ShardedEvalSampler(len(dataset), info.rank, info.world_size),
                       num_workers=s.num_workers, collate_fn=collate_skip_broken,
                       pin_memory=info.device.type == "cuda", drop_last=False)
 
 
-def report(result: EvalResult, loaded: LoadedModel, classes: list[str], pre: Preprocess, folder: Path,
+def report(result: EvalResult, loaded: LoadedModel, classes: list[str], pre: Preprocess, folder: str,
            s: Settings, info: DistInfo) -> None:
     """Rank 0: the ModelZoo result line, a readable summary, and the optional JSON/CSV files."""
     print(format_result_line(result, loaded.source), flush=True)
@@ -247,14 +287,12 @@ def run(argv: Sequence[str] | None) -> int:
     s = merge_settings(build_parser().parse_args(argv))
     # Everything that can be wrong with the input is checked before joining the process group,
     # so a bad path fails fast on every rank instead of leaving others waiting in a collective.
-    folder = resolve_eval_folder(s.dataset_path)
-    folder_classes, samples = list_class_folders(folder)
+    data = read_eval_data(s.dataset_path)
     loaded = load_model(s, progress=_is_main_launch())
-    classes, samples = map_classes(folder, folder_classes, samples, loaded)
+    classes, samples = map_classes(data.where, data.classes, data.samples, loaded)
     pre = resolve_preprocess(base_preprocess(loaded, s), s)
     if s.args.check:
-        print(f"ok: {loaded.source} ({loaded.name}, {loaded.num_classes} classes) fits; "
-              f"{len(samples)} images in {folder}")
+        print(f"ok: {loaded.source} ({loaded.name}, {loaded.num_classes} classes) fits; {data.describe()}")
         return 0
     info = init_distributed(s.device_target)
     if info.device.type == "cpu":
@@ -262,18 +300,18 @@ def run(argv: Sequence[str] | None) -> int:
     try:
         if info.is_main:
             print(f"evaluating {loaded.name} ({loaded.num_classes} classes{', EMA weights' if s.use_ema else ''}) "
-                  f"on {len(samples)} images in {len(folder_classes)} class folders of {folder}; "
+                  f"on {data.describe()}; "
                   f"resize {pre.resize} -> crop {pre.crop} {pre.interpolation}, batch {s.batch_size} x "
                   f"{info.world_size} process(es), device {info.device}", flush=True)
         model = loaded.model.to(info.device)
         if s.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        result = evaluate(model, build_loader(samples, classes, pre, s, info), info.device, pre.mean, pre.std,
+        result = evaluate(model, build_loader(data, samples, classes, pre, s, info), info.device, pre.mean, pre.std,
                           loaded.num_classes, channels_last=s.channels_last, amp=s.amp)
         if result.count == 0:
-            raise DatasetError(f"none of the {result.broken} images in {folder} could be read")
+            raise DatasetError(f"none of the {result.broken} images in {data.where} could be read")
         if info.is_main:
-            report(result, loaded, classes, pre, folder, s, info)
+            report(result, loaded, classes, pre, data.where, s, info)
     finally:
         cleanup()
     return 0

@@ -38,7 +38,8 @@ __all__ = [
     "CIFAR_SOURCES", "ArrayImageDataset", "Batch", "BrokenImageWarning", "CifarSource",
     "DataSplits", "DatasetError", "ImageFolderDataset", "ShardedEvalSampler",
     "build_datasets", "collate_skip_broken", "count_images", "download_and_extract",
-    "load_cifar", "md5sum", "restricted_unpickle", "stratified_split", "to_device_normalized",
+    "detect_cifar", "load_cifar", "load_cifar_split", "md5sum", "restricted_unpickle", "stratified_split",
+    "to_device_normalized",
 ]
 
 DEFAULT_VAL_SPLIT = 0.1
@@ -180,9 +181,9 @@ def build_datasets(cfg: Any, train_transform: Transform, eval_transform: Transfo
     if kind not in DATASET_KINDS:
         raise DatasetError(f"dataset must be one of {DATASET_KINDS}, got {kind!r}")
     if kind == "auto":
-        kind = _detect_cifar(root) or "folder"
-    elif kind == "folder" and not (root / "train").is_dir() and _detect_cifar(root):
-        found = _detect_cifar(root)
+        kind = detect_cifar(root) or "folder"
+    elif kind == "folder" and not (root / "train").is_dir() and detect_cifar(root):
+        found = detect_cifar(root)
         raise DatasetError(f"{root} holds {found} files, not class folders; pass --dataset {found}")
     if kind in CIFAR_SOURCES:
         return _cifar_splits(root, kind, bool(_cfg(cfg, "download", False)),
@@ -309,8 +310,9 @@ def _cifar_folder(root: Path, name: str) -> Path | None:
     return None
 
 
-def _detect_cifar(root: Path) -> str | None:
-    return next((name for name in CIFAR_SOURCES if _cifar_folder(root, name)), None)
+def detect_cifar(root: str | os.PathLike) -> str | None:
+    """'cifar10' or 'cifar100' when root (or its CIFAR sub-folder) holds that data set's files."""
+    return next((name for name in CIFAR_SOURCES if _cifar_folder(Path(root), name)), None)
 
 
 def _read_batches(folder: Path, files: Sequence[str], label_key: str) -> tuple[np.ndarray, list[int]]:
@@ -333,6 +335,13 @@ def _read_batches(folder: Path, files: Sequence[str], label_key: str) -> tuple[n
 def load_cifar(root: str | os.PathLike, name: str) -> tuple[np.ndarray, list[int], np.ndarray,
                                                               list[int], list[str]]:
     """(train_images NHWC uint8, train_labels, test_images, test_labels, class names)."""
+    train_x, train_y, classes = load_cifar_split(root, name, "train")
+    test_x, test_y, _ = load_cifar_split(root, name, "test")
+    return train_x, train_y, test_x, test_y, classes
+
+
+def load_cifar_split(root: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, list[int], list[str]]:
+    """One split ('train' or 'test') of CIFAR-10/100: (images NHWC uint8, labels, class names)."""
     source = CIFAR_SOURCES[name]
     folder = _cifar_folder(Path(root), name)
     if folder is None:
@@ -342,12 +351,12 @@ def load_cifar(root: str | os.PathLike, name: str) -> tuple[np.ndarray, list[int
             f"pass --download True to fetch {source.url}")
     meta = _load_pickle_dict(folder / source.meta_file)
     classes = [str(c) for c in meta.get(source.names_key, [])]
-    train_x, train_y = _read_batches(folder, source.train_files, source.label_key)
-    test_x, test_y = _read_batches(folder, source.test_files, source.label_key)
-    if not classes or max(train_y + test_y) >= len(classes):
+    files = source.train_files if split == "train" else source.test_files
+    images, labels = _read_batches(folder, files, source.label_key)
+    if not classes or max(labels) >= len(classes):
         raise DatasetError(f"{folder / source.meta_file} lists {len(classes)} class names, "
                            f"fewer than the labels need")
-    return train_x, train_y, test_x, test_y, classes
+    return images, labels, classes
 
 
 def _cifar_splits(root: Path, name: str, download: bool, train_transform: Transform,

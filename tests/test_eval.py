@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
 import eval as eval_entry
-from src.dataset import ImageFolderDataset, collate_skip_broken, to_device_normalized
+from src.dataset import ImageFolderDataset, collate_skip_broken, load_cifar, to_device_normalized
 from src.evaluate import evaluate, format_result_line
 from src.models import build_model, get_variant
 from src.models.pretrained import pretrained_url
@@ -356,6 +357,35 @@ def test_onnx_runner_scores_every_image_as_eval_py_does(files, tmp_path, capsys)
     with open(tmp_path / "cm.csv", newline="") as handle:
         table = list(csv.reader(handle))[1:]
     assert confusion.tolist() == [[int(v) for v in row[1:]] for row in table]
+
+
+def test_cifar_test_batch_is_scored_with_names_matched_to_the_checkpoint(tmp_path, capsys):
+    """A CIFAR folder as train.py reads it: its 40-image test batch is scored; the checkpoint lists the
+    classes in reverse, so labels must be matched by name, and top-1 equals a numpy computation."""
+    from tests.test_dataset import write_fake_cifar10
+    from tests.test_export import conditioned_model
+
+    write_fake_cifar10(tmp_path / "cifar", per_batch=40)
+    _, _, images, labels, names = load_cifar(tmp_path / "cifar", "cifar10")
+    pre = Preprocess(32, 32, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    model, _ = conditioned_model("efficientnet_b0", num_classes=10, size=32, seed=5, pre=pre)
+    x = torch.from_numpy(normalize_batch(np.stack([eval_image(Image.fromarray(im), pre) for im in images]),
+                                         pre.mean, pre.std))
+    _classify_feature_deviations(model, x, seed=6)
+    with torch.no_grad():
+        predicted = model(x).argmax(1).numpy()
+    reversed_names = names[::-1]
+    expected = int((predicted == np.array([reversed_names.index(names[label]) for label in labels])).sum())
+    ckpt = {**_train_checkpoint(model), "classes": reversed_names, "num_classes": 10, "preprocess": pre.to_dict()}
+    torch.save(ckpt, tmp_path / "c.pth")
+    code, out, err = _run_main(capsys, ["--checkpoint_path", tmp_path / "c.pth", "--dataset_path", tmp_path / "cifar",
+                                        *FAST, "--output_json", tmp_path / "c.json"])
+    assert code == 0, err
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["images"] == 40 and "40 images in 10 classes" in out and "cifar10 test batch" in out
+    assert len(set(predicted.tolist())) >= 3 and 0 < expected < 40
+    assert result["correct_top1"] == expected
+    assert [r["class"] for r in result["per_class"]] == reversed_names
 
 
 # ---------------------------------------------------------------- preprocessing vs torchvision
