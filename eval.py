@@ -141,7 +141,7 @@ def merge_settings(args: argparse.Namespace) -> Settings:
                     model_origin="--model" if args.model else "config key 'model'", pretrained=args.pretrained,
                     device_target=device_target, batch_size=int(batch_size),
                     num_workers=int(num_workers), use_ema=args.use_ema, amp=pick("amp", "none"),
-                    channels_last=(device_target == "GPU") if channels_last is None else channels_last,
+                    channels_last=True if channels_last is None else channels_last,
                     class_num=cfg.get("class_num") or None, config=cfg, args=args)
 
 

