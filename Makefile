@@ -11,7 +11,7 @@ $(if $(VIRTUAL_ENV),,$(VENV)/bin/python):
 install: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
 	$(PY) -m pip install -q -r requirements-dev.txt
 
-# Run the whole test suite (CPU only, about N minutes on 2 cores).
+# Run the whole test suite (CPU only, about 2 minutes on 2 cores after the install).
 test: install
 	$(PY) -m pytest -q -n 2 tests
 
