@@ -9,6 +9,7 @@ everything a plain loop does the usual way:
 * the plain loop (``python -m bench.train_bench --plain ...``): torchvision ``ImageFolder`` with
   RandomResizedCrop + RandomHorizontalFlip + ToTensor + Normalize in the workers,
   ``DataLoader(shuffle=True)`` and a forward/backward/step loop, timed per epoch the same way.
+  It keeps train.py's channels_last memory format, so layouts do not differ, only pipelines.
 
 This is ``bench/train_loop.py``'s method (the digits-demo comparison) on the workload the data
 pipeline is built for; the first epoch is warm-up and the steady rate is its ``steady``. Rounds
@@ -119,8 +120,7 @@ def plain_loop(p: dict) -> dict:
                         num_workers=p["num_workers"], pin_memory=cuda, persistent_workers=p["num_workers"] > 0)
     num_classes = len(dataset.classes)
     model = build_model(p["model"], num_classes=num_classes, drop_path_rate=cfg.drop_path_rate).to(device)
-    if cuda:  # train.py's default on a GPU
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # train.py's default: compare pipelines, not layouts
     model.train()
     optimizer = build_optimizer(model, cfg, cfg.lr_max)
     criterion, scaler = build_loss(cfg, num_classes), build_scaler(p["amp"], 0.0, device)
@@ -129,8 +129,7 @@ def plain_loop(p: dict) -> dict:
         images, start = 0, time.perf_counter()
         for x, y in loader:
             x = x.to(device, non_blocking=True)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with autocast(device, p["amp"]):
                 loss = criterion(model(x), y)
