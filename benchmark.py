@@ -33,8 +33,7 @@ def set_allocator(choice: str | None) -> None:
 
     if choice == "default":
         os.environ[OPT_OUT_ENV] = OPT_OUT_VALUE
-    elif choice == "reuse":
-        reuse_freed_memory()
+    elif choice == "reuse" and reuse_freed_memory():  # declined: no glibc, or the user's own MALLOC_* settings
         os.environ.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(TRIM_NEVER))  # glibc reads these at start
 
 

@@ -30,8 +30,8 @@ from src.dataset import (
     ArrayImageDataset, ImageFolderDataset, ShardedEvalSampler, collate_skip_broken, detect_cifar, load_cifar_split,
 )
 from src.distributed import DistInfo, DistributedError, cleanup, init_distributed
-from src.host_memory import reuse_freed_memory
 from src.evaluate import AMP_DTYPES, EvalResult, evaluate, format_result_line, format_summary, write_confusion_csv
+from src.host_memory import reuse_freed_memory
 from src.model_loading import (
     IMAGENET, LoadedModel, ModelLoadError, apply_eval_overrides, load_published, load_trained,
 )
@@ -42,10 +42,11 @@ from src.transforms import build_eval_transform
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_BATCH_SIZE = 64
+EVAL_DATASET_KINDS = ("auto", "folder", "cifar10", "cifar100")
 MAX_DEFAULT_WORKERS = 8
 # Config keys eval.py honours when a --config YAML sets them (command-line flags still win).
 # `pretrained` is left out on purpose: in a training YAML it names the fine-tuning start, not what to score.
-CONFIG_KEYS = ("model", "dataset_path", "checkpoint_path", "device_target", "batch_size",
+CONFIG_KEYS = ("model", "dataset", "dataset_path", "checkpoint_path", "device_target", "batch_size",
                "eval_batch_size", "num_workers", "image_size", "eval_resize", "eval_crop", "interpolation",
                "normalization", "amp", "channels_last", "class_num")
 
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--checkpoint_path", metavar="PATH", help="train.py checkpoint or a plain state_dict file")
     add("--dataset_path", metavar="DIR", help="dataset root (its val/ is used), a folder of class folders, or a "
                                               "CIFAR-10/100 folder (its test batch)")
+    add("--dataset", choices=EVAL_DATASET_KINDS,
+        help="what --dataset_path holds (default: the config's, else auto: CIFAR files or class folders)")
     add("--model", metavar="NAME", help="variant name; needed for plain state_dicts and --pretrained")
     add("--config", metavar="FILE", help="YAML config; its model, batch, worker and eval_* keys are used")
     add("--device_target", type=str.upper, choices=("GPU", "CPU"),
@@ -80,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--crop", type=int, metavar="N", help="center crop N (alone: keeps the resize/crop ratio)")
     add("--interpolation", choices=sorted(INTERPOLATIONS), help="resize filter")
     add("--amp", choices=tuple(AMP_DTYPES), help="autocast dtype (default none)")
+    add("--channels_last", type=str.lower, choices=("true", "false"),
+        help="NHWC memory format (default true: faster on GPUs and CPUs)")
     add("--check", action="store_true", help="only validate the inputs (data, weights, classes) and exit; "
         "run_eval.sh uses it before a torchrun launch so bad input gives one error line")
     return p
@@ -91,6 +96,7 @@ class Settings:
 
     checkpoint_path: str | None
     dataset_path: str
+    dataset: str  # auto, folder, cifar10 or cifar100
     model: str | None
     model_origin: str  # "--model" or "config key 'model'", for error messages
     pretrained: str | None
@@ -136,8 +142,9 @@ def merge_settings(args: argparse.Namespace) -> Settings:
     if batch_size < 1 or num_workers < 0:
         raise EvalInputError(f"--batch_size must be >= 1 and --num_workers >= 0, "
                              f"got {batch_size} and {num_workers}")
-    channels_last = cfg.get("channels_last")
-    return Settings(checkpoint_path=checkpoint_path, dataset_path=str(dataset_path), model=pick("model"),
+    channels_last = cfg.get("channels_last") if args.channels_last is None else args.channels_last == "true"
+    return Settings(checkpoint_path=checkpoint_path, dataset_path=str(dataset_path), dataset=pick("dataset", "auto"),
+                    model=pick("model"),
                     model_origin="--model" if args.model else "config key 'model'", pretrained=args.pretrained,
                     device_target=device_target, batch_size=int(batch_size),
                     num_workers=int(num_workers), use_ema=args.use_ema, amp=pick("amp", "none"),
@@ -195,46 +202,68 @@ class EvalData:
     classes: list[str]
     where: str
     images: np.ndarray | None = None
+    name: str = "folder"
+
+    def class_word(self, plural: bool = False) -> str:
+        """What a class is in this data set, for messages: 'class folder(s)' or 'cifar10 class(es)'."""
+        if self.images is None:
+            return "class folders" if plural else "class folder"
+        return f"{self.name} classes" if plural else f"{self.name} class"
 
     def describe(self) -> str:
-        unit = "classes" if self.images is not None else "class folders"
-        return f"{len(self.samples)} images in {len(self.classes)} {unit} of {self.where}"
+        return f"{len(self.samples)} images in {len(self.classes)} {self.class_word(plural=True)} of {self.where}"
 
 
-def read_eval_data(dataset_path: str) -> EvalData:
-    """A CIFAR folder's test batch, else the class folders of the root's val/ (or of the folder)."""
-    cifar = None if (Path(dataset_path) / "val").is_dir() else detect_cifar(dataset_path)
-    if cifar is not None:
-        images, labels, classes = load_cifar_split(dataset_path, cifar, "test")
-        return EvalData([(f"{cifar}/test[{i}]", label) for i, label in enumerate(labels)], classes,
-                        f"{dataset_path} ({cifar} test batch)", images)
-    folder = resolve_eval_folder(dataset_path)
+def _has_class_folders(root: Path) -> bool:
+    """Whether ``root`` looks like a train.py image-folder root (it has train/ or val/)."""
+    return (root / "train").is_dir() or (root / "val").is_dir()
+
+
+def read_eval_data(dataset_path: str, kind: str = "auto") -> EvalData:
+    """The data to score, chosen as train.py chooses (``kind``: auto, folder, cifar10, cifar100).
+
+    folder: the class folders of the root's val/ (or of the folder itself); cifarN: the test batch.
+    auto: CIFAR when the root holds CIFAR files, else folders; a root with both is an error, so
+    nothing is scored by guess.
+    """
+    root = Path(dataset_path)
+    if kind == "auto":
+        cifar = detect_cifar(root)
+        if cifar is not None and _has_class_folders(root):
+            raise EvalInputError(f"{root} holds both {cifar} files and train/ or val/ class folders; "
+                                 f"pass --dataset {cifar} or --dataset folder")
+        kind = cifar or "folder"
+    if kind != "folder":
+        images, labels, classes = load_cifar_split(root, kind, "test")
+        return EvalData([(f"{kind}/test[{i}]", label) for i, label in enumerate(labels)], classes,
+                        f"{root} ({kind} test batch)", images, kind)
+    folder = resolve_eval_folder(root)
     classes, samples = list_class_folders(folder)
     return EvalData(samples, classes, str(folder))
 
 
-def map_classes(folder: str, folder_classes: list[str], samples: list[tuple[str, int]],
-                loaded: LoadedModel) -> tuple[list[str], list[tuple[str, int]]]:
+def map_classes(data: EvalData, loaded: LoadedModel) -> tuple[list[str], list[tuple[str, int]]]:
     """(class names in model output order, samples relabelled to model indices).
 
-    With class names in the checkpoint, folders match by name (a subset is fine). Without them
-    the i-th sorted folder is class i, as in training with sorted class folders.
+    With class names in the checkpoint, the data set's classes match by name (a subset is fine).
+    Without them the i-th class (sorted folder) is class i, as in training.
     """
     if loaded.classes is not None:
         index = {name: i for i, name in enumerate(loaded.classes)}
-        unknown = [name for name in folder_classes if name not in index]
+        unknown = [name for name in data.classes if name not in index]
         if unknown:
             shown = ", ".join(loaded.classes[:5]) + (", ..." if len(loaded.classes) > 5 else "")
-            raise DatasetError(f"class folder {unknown[0]!r} in {folder} is not one of the checkpoint's "
+            raise DatasetError(f"{data.class_word()} {unknown[0]!r} in {data.where} is not one of the checkpoint's "
                                f"{len(loaded.classes)} classes ({shown})"
-                               + (f"; {len(unknown)} folders do not match" if len(unknown) > 1 else ""))
-        relabel = [index[name] for name in folder_classes]
-        return list(loaded.classes), [(path, relabel[label]) for path, label in samples]
-    if len(folder_classes) > loaded.num_classes:
-        raise DatasetError(f"{folder} has {len(folder_classes)} class folders but the model has only "
-                           f"{loaded.num_classes} classes; point --dataset_path at the matching data")
-    names = list(folder_classes) + [f"class_{i}" for i in range(len(folder_classes), loaded.num_classes)]
-    return names, samples
+                               + (f"; {len(unknown)} {data.class_word(plural=True)} do not match"
+                                  if len(unknown) > 1 else ""))
+        relabel = [index[name] for name in data.classes]
+        return list(loaded.classes), [(path, relabel[label]) for path, label in data.samples]
+    if len(data.classes) > loaded.num_classes:
+        raise DatasetError(f"{data.where} has {len(data.classes)} {data.class_word(plural=True)} but the model "
+                           f"has only {loaded.num_classes} classes; point --dataset_path at the matching data")
+    names = list(data.classes) + [f"class_{i}" for i in range(len(data.classes), loaded.num_classes)]
+    return names, data.samples
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +275,8 @@ def build_loader(data: EvalData, samples: list[tuple[str, int]], classes: list[s
     transform = build_eval_transform(pre)
     dataset: Dataset
     if data.images is not None:
-        dataset = ArrayImageDataset(data.images, [label for _, label in samples], classes, transform)
+        dataset = ArrayImageDataset(data.images, [label for _, label in samples], classes, transform,
+                                    f"{data.name}/test")
     else:
         dataset = ImageFolderDataset(samples, classes, transform)
     return DataLoader(dataset, batch_size=s.batch_size, shuffle=False,
@@ -287,9 +317,9 @@ def run(argv: Sequence[str] | None) -> int:
     s = merge_settings(build_parser().parse_args(argv))
     # Everything that can be wrong with the input is checked before joining the process group,
     # so a bad path fails fast on every rank instead of leaving others waiting in a collective.
-    data = read_eval_data(s.dataset_path)
+    data = read_eval_data(s.dataset_path, s.dataset)
     loaded = load_model(s, progress=_is_main_launch())
-    classes, samples = map_classes(data.where, data.classes, data.samples, loaded)
+    classes, samples = map_classes(data, loaded)
     pre = resolve_preprocess(base_preprocess(loaded, s), s)
     if s.args.check:
         print(f"ok: {loaded.source} ({loaded.name}, {loaded.num_classes} classes) fits; {data.describe()}")

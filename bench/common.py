@@ -27,9 +27,11 @@ def machine_info() -> dict:
 
 def _malloc_setting() -> str:
     """benchmark.py --malloc as the environment records it (see src/host_memory.py)."""
+    from src.host_memory import OPT_OUT_ENV, OPT_OUT_VALUE
+
     if os.environ.get("MALLOC_MMAP_MAX_") == "0":
         return "reuse"
-    return "default" if os.environ.get("EFFNET_MALLOC") == "default" else "as shipped"
+    return "default" if os.environ.get(OPT_OUT_ENV, "").lower() == OPT_OUT_VALUE else "as shipped"
 
 
 def _cpu_name() -> str:

@@ -130,12 +130,15 @@ def run(args: argparse.Namespace) -> dict:
                     )
                 )
     return dict(mode="model", model=args.model, batch_size=args.batch_size, image_size=args.image_size,
-                amp=args.amp, device=str(device), machine=machine_info(), results=results)
+                amp=args.amp, rounds=args.rounds, iters=args.iters, warmup=args.warmup, device=str(device),
+                machine=machine_info(), results=results)
 
 
 def print_report(payload: dict) -> None:
     print(f"model={payload['model']} batch={payload['batch_size']} px={payload['image_size']} "
-          f"amp={payload.get('amp', 'none')} device={payload['device']} ({payload['machine']['cpu']}, {payload['machine']['torch_threads']} threads)")
+          f"amp={payload.get('amp', 'none')} rounds={payload['rounds']} iters={payload['iters']} "
+          f"device={payload['device']} ({payload['machine']['cpu']}, {payload['machine']['torch_threads']} threads, "
+          f"malloc {payload['machine']['malloc']})")
     if payload["device"] == "cpu":
         print("no GPU here: CPU rows only; the same command prints GPU rows on a CUDA machine")
     rows = [[r["task"], r["variant"], r["impl"], r["images_per_sec"], f"{r['ours_speedup']:.3f}x"]

@@ -8,7 +8,7 @@ set -euo pipefail
 usage() {
   cat >&2 <<'USAGE'
 Usage: bash scripts/run_eval.sh [DATA_DIR] [CHECKPOINT_PATH] [extra eval.py flags...]
-  DATA_DIR         dataset root (its val/ is used) or a folder of class folders
+  DATA_DIR         dataset root (its val/ is used), a folder of class folders, or a CIFAR-10/100 folder
   CHECKPOINT_PATH  a train.py checkpoint, or a state_dict file (then add --model NAME)
   extra flags      passed to eval.py, e.g. --device_target CPU --batch_size 128 --output_json m.json
 Environment: DEVICE_NUM processes under torchrun (default 1), PYTHON interpreter (default python).

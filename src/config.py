@@ -197,7 +197,8 @@ class Config:
     eval_interval: int = _pos_int(1, "validate every N epochs")
     early_stop_patience: int = _nonneg_int(0, "stop after N validations without improvement; 0 = off")
     log_interval: int = _pos_int(100, "log every N steps")
-    channels_last: bool | None = _key(None, "bool", "channels_last (NHWC) memory format; null = on (GPU and CPU)", nullable=True)
+    channels_last: bool | None = _key(None, "bool", "channels_last (NHWC) memory format; null = on (GPU and CPU)",
+                                      nullable=True)
     compile: bool = _key(False, "bool", "torch.compile the model")
     sync_bn: bool = _key(False, "bool", "synchronise BatchNorm statistics across devices")
     grad_checkpointing: bool = _key(False, "bool", "recompute block activations to save memory")

@@ -327,6 +327,14 @@ def _read_batches(folder: Path, files: Sequence[str], label_key: str) -> tuple[n
             batch_labels = [int(v) for v in batch[label_key]]
         except KeyError as e:
             raise DatasetError(f"CIFAR file {path} lacks key {e}") from e
+        except (TypeError, ValueError) as e:
+            raise DatasetError(f"CIFAR file {path} has unreadable data or labels: {e}") from e
+        pixels = 3 * CIFAR_SIDE * CIFAR_SIDE
+        if data.ndim != 2 or data.shape[1] != pixels or len(data) == 0:
+            raise DatasetError(f"CIFAR file {path}: expected 'data' of shape (N, {pixels}) with N > 0, "
+                               f"got {data.shape}")
+        if len(batch_labels) != len(data):
+            raise DatasetError(f"CIFAR file {path} has {len(data)} images but {len(batch_labels)} labels")
         images.append(data.reshape(-1, 3, CIFAR_SIDE, CIFAR_SIDE).transpose(0, 2, 3, 1))
         labels.extend(batch_labels)
     return np.ascontiguousarray(np.concatenate(images)), labels
@@ -342,13 +350,15 @@ def load_cifar(root: str | os.PathLike, name: str) -> tuple[np.ndarray, list[int
 
 def load_cifar_split(root: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, list[int], list[str]]:
     """One split ('train' or 'test') of CIFAR-10/100: (images NHWC uint8, labels, class names)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     source = CIFAR_SOURCES[name]
     folder = _cifar_folder(Path(root), name)
     if folder is None:
         raise DatasetError(
             f"{name} files not found under {root} (expected {Path(root) / source.folder}/"
             f"{source.meta_file}, {', '.join(source.train_files + source.test_files)}); "
-            f"pass --download True to fetch {source.url}")
+            f"train.py --download True fetches {source.url}")
     meta = _load_pickle_dict(folder / source.meta_file)
     classes = [str(c) for c in meta.get(source.names_key, [])]
     files = source.train_files if split == "train" else source.test_files

@@ -3,8 +3,8 @@
 glibc's malloc serves large blocks (a training step's activations are tens of MB each) with a
 fresh ``mmap()`` and gives them back to the kernel on ``free()``; the next step asks again, and
 the kernel zero-fills every page on first touch. On CPU training and inference that is a large
-share of the time (B0, batch 32, 224 px, channels_last, 2 cores: inference 54 -> 99 images/s,
-training step 16.7 -> 22.1 images/s, for 15% more peak RSS). jemalloc and tcmalloc avoid it by
+share of the time (B0, 224 px, 2 cores: train.py 15.7 -> 19.9 images/s, channels_last inference
+at batch 32 58.5 -> 107.2 images/s, for 5-20% more peak RSS; README, Performance). jemalloc and tcmalloc avoid it by
 keeping freed memory, which is why Intel's PyTorch launch scripts preload them; this does the
 same with glibc's own switches (``mallopt``, what ``MALLOC_MMAP_MAX_=0`` and
 ``MALLOC_TRIM_THRESHOLD_`` set), so nothing needs installing.

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import eval as eval_entry
-from src.dataset import ImageFolderDataset, collate_skip_broken, load_cifar, to_device_normalized
+from src.dataset import ImageFolderDataset, collate_skip_broken, load_cifar_split, to_device_normalized
 from src.evaluate import evaluate, format_result_line
 from src.models import build_model, get_variant
 from src.models.pretrained import pretrained_url
@@ -366,7 +366,7 @@ def test_cifar_test_batch_is_scored_with_names_matched_to_the_checkpoint(tmp_pat
     from tests.test_export import conditioned_model
 
     write_fake_cifar10(tmp_path / "cifar", per_batch=40)
-    _, _, images, labels, names = load_cifar(tmp_path / "cifar", "cifar10")
+    images, labels, names = load_cifar_split(tmp_path / "cifar", "cifar10", "test")
     pre = Preprocess(32, 32, "bilinear", IMAGENET_MEAN, IMAGENET_STD)
     model, _ = conditioned_model("efficientnet_b0", num_classes=10, size=32, seed=5, pre=pre)
     x = torch.from_numpy(normalize_batch(np.stack([eval_image(Image.fromarray(im), pre) for im in images]),
@@ -382,10 +382,40 @@ def test_cifar_test_batch_is_scored_with_names_matched_to_the_checkpoint(tmp_pat
                                         *FAST, "--output_json", tmp_path / "c.json"])
     assert code == 0, err
     result = json.loads((tmp_path / "c.json").read_text())
-    assert result["images"] == 40 and "40 images in 10 classes" in out and "cifar10 test batch" in out
+    assert result["images"] == 40 and "40 images in 10 cifar10 classes" in out and "cifar10 test batch" in out
     assert len(set(predicted.tolist())) >= 3 and 0 < expected < 40
     assert result["correct_top1"] == expected
     assert [r["class"] for r in result["per_class"]] == reversed_names
+
+
+def test_cifar_choice_check_mode_and_broken_files(files, tmp_path, capsys):
+    """A root with CIFAR files and class folders needs --dataset; --check reads CIFAR; bad CIFAR
+    files give one error line."""
+    import pickle
+
+    from tests.test_dataset import write_fake_cifar10
+
+    both = make_image_folder(tmp_path / "both", classes=2, per_class=2, size=(36, 36), split="val")
+    write_fake_cifar10(both, per_batch=5)
+    model = _spread_classifier(build_model("efficientnet_b0", num_classes=10), seed=3)
+    torch.save({**_train_checkpoint(model), "classes": None, "num_classes": 10}, tmp_path / "c10.pth")
+    common = ["--checkpoint_path", tmp_path / "c10.pth", "--dataset_path", both, *FAST]
+
+    code, _, err = _run_main(capsys, common + ["--check"])
+    assert code == 2 and "holds both cifar10 files and train/ or val/ class folders" in err
+    assert "--dataset cifar10 or --dataset folder" in err and err.count("\n") == 1
+    code, out, err = _run_main(capsys, common + ["--check", "--dataset", "cifar10"])
+    assert code == 0 and "5 images in 10 cifar10 classes of" in out, err
+    code, out, err = _run_main(capsys, common + ["--check", "--dataset", "folder"])
+    assert code == 0 and "4 images in 2 class folders of" in out, err
+
+    test_batch = both / "cifar-10-batches-py" / "test_batch"
+    batch = pickle.loads(test_batch.read_bytes())
+    for broken, message in (({**batch, "labels": batch["labels"][:3]}, "has 5 images but 3 labels"),
+                            ({**batch, "data": batch["data"][:, :100]}, "expected 'data' of shape (N, 3072)")):
+        test_batch.write_bytes(pickle.dumps(broken, 2))
+        code, _, err = _run_main(capsys, common + ["--check", "--dataset", "cifar10"])
+        assert code == 2 and message in err and err.startswith("error: ") and err.count("\n") == 1, err
 
 
 # ---------------------------------------------------------------- preprocessing vs torchvision

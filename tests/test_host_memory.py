@@ -51,7 +51,8 @@ pytestmark = pytest.mark.skipif(not _has_mallinfo2(), reason="needs glibc >= 2.3
 
 
 def _run(env_extra: dict[str, str]) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "EFFNET_MALLOC"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("EFFNET_MALLOC", "GLIBC_TUNABLES")}
     env.update(env_extra, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
