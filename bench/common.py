@@ -5,6 +5,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable
 
@@ -100,3 +102,20 @@ def write_json(path: str | None, payload: dict) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
     print(f"wrote {path}")
+
+
+def run_child(module: str, flag: str, params: dict, prefix: str, timeout: float, what: str,
+              env: dict[str, str] | None = None) -> dict:
+    """``python -m module flag JSON`` in a fresh interpreter; the dict it printed after ``prefix``.
+
+    A child that prints no result line raises RuntimeError naming ``what``, the exit status and
+    the last line of its stderr (one line for benchmark.py to print).
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", module, flag, json.dumps(params)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(prefix):
+            return json.loads(line[len(prefix):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")

@@ -19,14 +19,13 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from .common import format_table, machine_info
+from .common import format_table, machine_info, run_child
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -157,16 +156,10 @@ def child_main(config_json: str) -> int:
 # --------------------------------------------------------------------------------------------
 # Parent side
 # --------------------------------------------------------------------------------------------
-def run_child(cfg: dict) -> dict:
+def measure_in_child(cfg: dict) -> dict:
     """Run one configuration in a fresh interpreter and return its result dict."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "bench.memory", "--child", json.dumps(cfg)], cwd=PROJECT_ROOT,
-                          env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    raise RuntimeError(f"memory child for {cfg} failed (exit {proc.returncode}): {tail}")
+    return run_child("bench.memory", "--child", cfg, RESULT_PREFIX, CHILD_TIMEOUT_S, f"memory child for {cfg}", env)
 
 
 def configurations(args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -203,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     results = []
     for cfg in configurations(args, device):
-        r = run_child(cfg)
+        r = measure_in_child(cfg)
         results.append(r)
         if "error" in r:
             print(f"  {cfg['impl']} batch {cfg['batch']} checkpointing={cfg['checkpointing']} amp={cfg['amp']}: "

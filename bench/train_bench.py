@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .common import format_table, machine_info, sync
+from .common import format_table, machine_info, run_child, sync
 from .data import JPEG_KINDS, generate_jpegs
 from .train_loop import WARMUP_EPOCHS, steady
 
@@ -87,13 +87,7 @@ def run_train_py(args: argparse.Namespace, root: Path, device: torch.device) -> 
 def run_plain(args: argparse.Namespace, root: Path, device: torch.device) -> dict:
     """The plain loop in a fresh interpreter, like train.py."""
     params = {k: getattr(args, k) for k in PLAIN_KEYS} | {"root": str(root), "device": str(device)}
-    proc = subprocess.run([sys.executable, "-m", "bench.train_bench", "--plain", json.dumps(params)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    raise RuntimeError(f"the plain loop exited with {proc.returncode}: {tail}")
+    return run_child("bench.train_bench", "--plain", params, RESULT_PREFIX, TRAIN_TIMEOUT_S, "the plain loop")
 
 
 def plain_loop(p: dict) -> dict:
