@@ -47,11 +47,8 @@ def rank_hashes(dump_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp_data")
-    make_image_folder(root / "t", classes=3, per_class=8, size=(36, 36), split="train", seed=1)
-    make_image_folder(root / "v", classes=3, per_class=3, size=(36, 36), split="val", seed=2)
-    (root / "t" / "train").rename(root / "train")
-    (root / "v" / "val").rename(root / "val")
-    return root
+    make_image_folder(root, classes=3, per_class=8, size=(36, 36), split="train", seed=1)
+    return make_image_folder(root, classes=3, per_class=3, size=(36, 36), split="val", seed=2)
 
 
 def train_args(data: Path, run_dir: Path) -> list[str]:

@@ -73,11 +73,8 @@ def assert_one_error_line(code: int, err: str, expected_code: int, *fragments: s
 def data2(tmp_path_factory) -> Path:
     """2 classes, 24 train + 5 val images each: 12 steps of batch 4 per epoch."""
     root = tmp_path_factory.mktemp("data2")
-    make_image_folder(root / "train_src", classes=2, per_class=24, size=(36, 36), split="train", seed=1)
-    make_image_folder(root / "val_src", classes=2, per_class=5, size=(36, 36), split="val", seed=2)
-    (root / "train_src" / "train").rename(root / "train")
-    (root / "val_src" / "val").rename(root / "val")
-    return root
+    make_image_folder(root, classes=2, per_class=24, size=(36, 36), split="train", seed=1)
+    return make_image_folder(root, classes=2, per_class=5, size=(36, 36), split="val", seed=2)
 
 
 # ----------------------------------------------------------------------------------------------
