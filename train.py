@@ -7,16 +7,18 @@
     torchrun --nproc_per_node 8 train.py --config ... --dataset_path ...   # or scripts/run_distribute_train.sh
 
 Every config key can be given as ``--key value`` (``python -m src.config --markdown`` lists them).
-Exit status: 0 done, 1 stopped on a persistently non-finite loss, 2 bad input (one ``error:`` line),
-3 out of GPU memory (the line names the remedies), 130 interrupted.
+Exit status: 0 done, 1 stopped (a persistently non-finite loss, or a full disk: checkpoints already
+written stay intact), 2 bad input (one ``error:`` line), 3 out of GPU memory (the line names the
+remedies), 130 interrupted.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Sequence
 
-from src.checkpoint import CheckpointError
+from src.checkpoint import CheckpointError, CheckpointWriteError
 from src.config import ConfigError, load_config
 from src.distributed import DistributedError
 from src.models import WeightMismatchError
@@ -29,6 +31,7 @@ EXIT_OUT_OF_MEMORY = 3
 EXIT_INTERRUPTED = 130
 BAD_INPUT_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainInputError, WeightMismatchError,
                     DistributedError, FileNotFoundError)
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _error(message: object, status: int) -> int:
@@ -43,12 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_training(load_config(list(sys.argv[1:] if argv is None else argv)))
     except BAD_INPUT_ERRORS as exc:
         return _error(exc, EXIT_BAD_INPUT)
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, CheckpointWriteError) as exc:
         return _error(exc, EXIT_TRAINING_FAILED)
     except TrainOutOfMemory as exc:
         return _error(exc, EXIT_OUT_OF_MEMORY)
     except KeyboardInterrupt:
         return _error("interrupted; resume with --resume <the last checkpoint>", EXIT_INTERRUPTED)
+    except OSError as exc:  # e.g. the log or metrics file on a full disk
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        return _error(f"could not write {exc.filename or 'a file'} ({exc.strerror}): free disk space, then resume "
+                      "with --resume <the last checkpoint>", EXIT_TRAINING_FAILED)
     return 0
 
 

@@ -11,6 +11,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ class CheckpointError(Exception):
     """A checkpoint file is missing, unsafe, corrupt or does not hold what the caller needs."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, file-size limit, lost mount); nothing was replaced."""
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """Save ``obj`` with torch.save so that ``path`` is either the old file or the complete new one.
 
@@ -48,11 +53,31 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             os.fsync(handle.fileno())
         os.chmod(tmp_name, _default_file_mode())  # mkstemp makes 0600; others may need to read it
         os.replace(tmp_name, path)
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as a RuntimeError ("unexpected pos ..."): name the cause.
+        Path(tmp_name).unlink(missing_ok=True)
+        raise CheckpointWriteError(_write_failure_message(path, exc)) from exc
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _write_failure_message(path: Path, exc: BaseException) -> str:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):  # torch.save hides the OSError as context
+        cause = cause.__context__
+    if isinstance(cause, OSError) and cause.strerror:
+        reason = cause.strerror
+    else:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 1e9:.1f} GB free there"
+    except OSError:
+        free = "free space unknown"
+    return (f"could not write checkpoint {path} ({reason}; {free}); the files already there are intact: "
+            "free disk space or set --save_checkpoint_path to another disk, then resume from the last checkpoint")
 
 
 def _default_file_mode() -> int:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, fields
@@ -739,6 +740,7 @@ def prepare(cfg: Config) -> tuple[Config, DataBundle, dict | None, list[str]]:
     cfg, ckpt = resolve_resume(cfg)
     check_device(cfg)
     fix_augment_preset(cfg)
+    check_run_dir(Path(cfg.save_checkpoint_path))
     if cfg.sync_bn and cfg.device_target == "CPU" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainInputError("--sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); drop it for CPU runs")
     data = load_data(cfg)
@@ -757,6 +759,17 @@ def prepare(cfg: Config) -> tuple[Config, DataBundle, dict | None, list[str]]:
     if ckpt is not None:
         check_resume_classes(ckpt, data.classes, str(cfg.resume))
     return cfg, data, ckpt, notes
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Create the run folder and prove it takes files now, not after the first epoch's work is done."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as exc:
+        raise TrainInputError(f"--save_checkpoint_path {run_dir} cannot hold the run's files "
+                              f"({exc.strerror or exc}); choose a writable folder") from None
 
 
 def check_resume_classes(ckpt: dict, classes: list[str], path: str) -> None:

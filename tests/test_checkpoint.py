@@ -3,13 +3,16 @@
 import os
 import random
 import shlex
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from src.checkpoint import (CheckpointError, CheckpointManager, atomic_save, extract_state_dict,
-                            load_checkpoint, restore_rng_state, rng_state)
+from src.checkpoint import (CheckpointError, CheckpointManager, CheckpointWriteError, atomic_save,
+                            extract_state_dict, load_checkpoint, restore_rng_state, rng_state)
 
 
 class ShellPayload:
@@ -64,6 +67,39 @@ def test_failed_save_keeps_old_file_and_leaves_no_temp(tmp_path):
     atomic_save({"epoch": 1}, path)
     with pytest.raises(OSError, match="simulated failure"):
         atomic_save({"epoch": 2, "bad": FailsToPickle()}, path)
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.pth"]
+
+
+def test_failure_is_a_checkpoint_write_error_naming_the_file(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    with pytest.raises(CheckpointWriteError, match=f"could not write checkpoint {path} .*simulated failure"):
+        atomic_save({"bad": FailsToPickle()}, path)
+
+
+def test_full_disk_keeps_old_checkpoint_and_names_the_cause(tmp_path):
+    """A real write failure, in a child process: a file-size limit makes the kernel refuse the write
+    (EFBIG) as a full disk would (ENOSPC); torch.save reports it as a RuntimeError of its own."""
+    script = textwrap.dedent("""
+        import resource, signal, sys, torch
+        from src.checkpoint import CheckpointWriteError, atomic_save
+        path = sys.argv[1]
+        atomic_save({"epoch": 1}, path)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+            atomic_save({"epoch": 2, "model": torch.zeros(1 << 20)}, path)  # 4 MB
+        except CheckpointWriteError as exc:
+            print(exc)
+    """)
+    path = tmp_path / "ckpt.pth"
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr
+    message = result.stdout.strip()
+    assert message.startswith(f"could not write checkpoint {path} (File too large; "), message
+    assert "GB free there" in message
+    assert "--save_checkpoint_path" in message and len(message.splitlines()) == 1
     assert load_checkpoint(path) == {"epoch": 1}
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pth"]
 

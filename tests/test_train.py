@@ -5,6 +5,7 @@ Runs are tiny (32 px, 2-3 classes, a few steps, one thread) so the file stays fa
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -248,9 +249,11 @@ def test_progressive_stage_lookup_and_settings():
     (["--dataset_path", "{data}", "--resume", "{tmp}/nothing.pth"], "checkpoint not found"),
     (["--dataset_path", "{data}", "--pretrained", "{tmp}/nothing.pth"], "not found"),
     (["--dataset_path", "{data}", "--no_such_key", "1"], "unknown config key"),
+    (["--dataset_path", "{data}", "--save_checkpoint_path", "{tmp}/a_file/run"], "cannot hold the run's files"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(extra, fragment, data2, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").touch()
     args = BASE + ["--save_checkpoint_path", tmp_path / "run"]
     args += [a.format(tmp=tmp_path, data=data2) for a in extra]
     code, _, err = run_main(args, capsys)
@@ -445,6 +448,35 @@ def test_cuda_oom_exits_3_naming_remedies_and_keeps_checkpoint(data2, tmp_path, 
     assert_one_error_line(code, err, 3, "--batch_size", "--accumulate_grad_batches", "--amp", "--grad_checkpointing",
                           "--image_size", "efficientnet_b0-1_6.pth")
     assert torch.load(tmp_path / "efficientnet_b0-1_6.pth", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_full_disk_at_checkpoint_exits_1_with_one_line_and_no_partial_file(data2, tmp_path):
+    """A child train.py under a 1 MB file-size limit: the kernel refuses the checkpoint write (EFBIG, as a
+    full disk gives ENOSPC); the run must stop with one line naming the file, not a torch traceback."""
+    launcher = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); import train; "
+                "sys.exit(train.main(sys.argv[1:]))")
+    args = BASE + ["--dataset_path", data2, "--save_checkpoint_path", tmp_path, "--epoch_size", "1", "--batch_size", "8"]
+    result = subprocess.run([sys.executable, "-c", launcher, *map(str, args)], capture_output=True, text=True,
+                            timeout=RUN_TIMEOUT_S, cwd=Path(train.__file__).parent)
+    assert_one_error_line(result.returncode, result.stderr, 1, "could not write checkpoint",
+                          str(tmp_path / "efficientnet_b0-1_6.pth"), "File too large", "--save_checkpoint_path")
+    assert "val: epoch: [  0/  1]" in result.stdout  # the epoch itself ran
+    assert list(tmp_path.glob("*.pth")) == [] and list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_full_disk_elsewhere_is_one_line_and_other_os_errors_still_raise(monkeypatch, capsys):
+    def fail(cfg):
+        raise OSError(errno_value, os.strerror(errno_value), "checkpoint/train.log")
+
+    monkeypatch.setattr(train, "run_training", fail)
+    errno_value = errno.ENOSPC
+    code, _, err = run_main(["--epoch_size", "1"], capsys)
+    assert_one_error_line(code, err, 1, "could not write checkpoint/train.log (No space left on device)", "--resume")
+    errno_value = errno.EACCES
+    with pytest.raises(PermissionError):
+        run_main(["--epoch_size", "1"], capsys)
 
 
 @pytest.mark.slow
