@@ -38,6 +38,7 @@ from src.model_loading import (
 from src.models import WeightMismatchError, get_variant
 from src.preprocess import INTERPOLATIONS, DatasetError, Preprocess, list_class_folders, resolve_eval_folder
 from src.transforms import build_eval_transform
+from src.writable import why_not_writable
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -308,6 +309,18 @@ def report(result: EvalResult, loaded: LoadedModel, classes: list[str], pre: Pre
         print(f"confusion matrix written to {path}")
 
 
+def check_output_files(args: argparse.Namespace) -> None:
+    """--output_json / --confusion_csv folders must take files before the evaluation runs, not after."""
+    for flag, value in (("--output_json", args.output_json), ("--confusion_csv", args.confusion_csv)):
+        if not value or not _is_main_launch():
+            continue
+        reason = why_not_writable(Path(value).parent)
+        if reason is not None:
+            raise EvalInputError(f"{flag} {value}: cannot write there ({reason}); choose a writable folder")
+        if Path(value).is_dir():
+            raise EvalInputError(f"{flag} {value} is a folder; give a file name")
+
+
 def _is_main_launch() -> bool:
     """Before the process group exists: rank 0 (or no launcher) prints and shows download progress."""
     return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
@@ -321,6 +334,7 @@ def run(argv: Sequence[str] | None) -> int:
     loaded = load_model(s, progress=_is_main_launch())
     classes, samples = map_classes(data, loaded)
     pre = resolve_preprocess(base_preprocess(loaded, s), s)
+    check_output_files(s.args)
     if s.args.check:
         print(f"ok: {loaded.source} ({loaded.name}, {loaded.num_classes} classes) fits; {data.describe()}")
         return 0

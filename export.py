@@ -25,6 +25,7 @@ from src.config import ConfigError
 from src.onnx_export import (
     DEFAULT_OPSET, FORMATS, ExportError, benchmark, export_source, load_source, output_path,
 )
+from src.writable import why_not_writable
 
 EXIT_BAD_INPUT = 2
 INT8_SUFFIX = "_int8"
@@ -100,6 +101,10 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ExportError(f"--{flag} must be >= 1, got {value}")
+    folder = Path(args.file_name or "model").parent
+    reason = why_not_writable(folder)
+    if reason is not None:
+        raise ExportError(f"cannot write into {folder} for --file_name ({reason}); choose a writable folder")
 
 
 def run(args: argparse.Namespace) -> None:

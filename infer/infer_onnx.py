@@ -28,7 +28,7 @@ from infer.inputs import collect_inputs  # noqa: E402
 from infer.metadata import ModelInfo, parse_metadata  # noqa: E402
 from infer.pipeline import default_decode_threads, iter_batches  # noqa: E402
 from infer.report import (  # noqa: E402
-    Timing, check_output_path, prediction_rows, topk_accuracy, write_predictions,
+    Timing, check_output_path, check_writable_parent, prediction_rows, topk_accuracy, write_predictions,
 )
 from infer.session import DEVICE_TARGETS, DeviceError, create_session  # noqa: E402
 from src.preprocess import INTERPOLATIONS, DatasetError, Preprocess  # noqa: E402
@@ -375,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
         if args.output is not None:
             check_output_path(args.output)  # fail before the run, not after it
+        if args.save_logits:
+            check_writable_parent(args.save_logits, "--save_logits")
         result = run_inference(onnx_path, data, args.device_target, args.batch_size, args.num_threads,
                                args.intra_op_threads, args.topk, overrides)
         for line in report_lines(result):

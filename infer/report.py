@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from src.writable import why_not_writable
+
 OUTPUT_FORMATS = (".csv", ".json")
 LATENCY_PERCENTILES = (50, 95, 99)
 MS_PER_S = 1000.0
@@ -93,10 +95,18 @@ def check_output_path(path: str | os.PathLike) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in OUTPUT_FORMATS:
         raise OutputError(f"--output must end in {' or '.join(OUTPUT_FORMATS)}, got {os.fspath(path)!r}")
+    check_writable_parent(path, "--output")
+    return suffix
+
+
+def check_writable_parent(path: str | os.PathLike, flag: str) -> None:
+    """The file's folder must exist and take files (probed with a temporary file)."""
     parent = Path(path).resolve().parent
     if not parent.is_dir():
-        raise OutputError(f"folder of --output does not exist: {parent}")
-    return suffix
+        raise OutputError(f"folder of {flag} does not exist: {parent}")
+    reason = why_not_writable(parent)
+    if reason is not None:
+        raise OutputError(f"cannot write {flag} {os.fspath(path)} ({reason}); choose a writable folder")
 
 
 def prediction_rows(

@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field, fields
@@ -58,6 +57,7 @@ from src.preprocess import Preprocess
 from src.progressive import StageSettings, augment_config, set_dropout, stage_settings
 from src.sampler import EpochSampler, SeededDataset
 from src.transforms import build_eval_transform, build_train_transform, resolve_augment
+from src.writable import why_not_writable
 
 CONFIG_FILE = "config.yaml"
 FEW_IMAGES_WARNING = 500  # below this many training images, fine-tuning overfits easily
@@ -763,13 +763,10 @@ def prepare(cfg: Config) -> tuple[Config, DataBundle, dict | None, list[str]]:
 
 def check_run_dir(run_dir: Path) -> None:
     """Create the run folder and prove it takes files now, not after the first epoch's work is done."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as exc:
-        raise TrainInputError(f"--save_checkpoint_path {run_dir} cannot hold the run's files "
-                              f"({exc.strerror or exc}); choose a writable folder") from None
+    reason = why_not_writable(run_dir)
+    if reason is not None:
+        raise TrainInputError(f"--save_checkpoint_path {run_dir} cannot hold the run's files ({reason}); "
+                              "choose a writable folder")
 
 
 def check_resume_classes(ckpt: dict, classes: list[str], path: str) -> None:

@@ -456,6 +456,7 @@ def bad_inputs(files, tmp_path_factory) -> dict[str, Path]:
         write_broken_file(tmp / "broken" / class_name(0) / f"bad{i}.jpg")
     (tmp / "corrupt.pth").write_bytes(b"not a checkpoint at all")
     (tmp / "class_num.yaml").write_text("class_num: 10\n")
+    (tmp / "a_file").touch()
     return {**files, "tmp": tmp}
 
 
@@ -480,6 +481,10 @@ BAD_CASES = {
     "zero crop": (["--checkpoint_path", "{ckpt}", "--crop", "0"], "--crop must be a positive"),
     "all images unreadable": (["--checkpoint_path", "{ckpt}", "--dataset_path", "{tmp}/broken"],
                               "none of the 2 images"),
+    "output file behind a file": (["--checkpoint_path", "{ckpt}", "--output_json", "{tmp}/a_file/m.json"],
+                                  "--output_json {tmp}/a_file/m.json: cannot write there (a file is in the way)"),
+    "output file is a folder": (["--checkpoint_path", "{ckpt}", "--confusion_csv", "{tmp}/empty"],
+                                "--confusion_csv {tmp}/empty is a folder"),
 }
 
 
@@ -494,7 +499,7 @@ def test_bad_input_gives_one_error_line_and_exit_2(bad_inputs, capsys, case):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert expected in lines[0]
+    assert expected.format(**bad_inputs) in lines[0]
     assert "result:" not in out
 
 

@@ -312,13 +312,17 @@ BAD_ARGS = {
     "nothing to export": ([], "nothing to export"),
     "both sources": (["--checkpoint_path", "{ckpt}", "--pretrained", "{plain}"], "not both"),
     "zero batch": (["--checkpoint_path", "{ckpt}", "--batch_size", "0"], "--batch_size"),
+    "output folder is a file": (["--checkpoint_path", "{ckpt}", "--file_name", "{plain}/out"],
+                                "for --file_name (a file is in the way)"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_ARGS))
 def test_bad_arguments_give_one_error_line_and_exit_2(weights, tmp_path, capsys, case):
     args, expected = BAD_ARGS[case]
-    argv = [a.format(**weights) for a in args] + ["--file_name", str(tmp_path / "out")]
+    argv = [a.format(**weights) for a in args]
+    if "--file_name" not in argv:
+        argv += ["--file_name", str(tmp_path / "out")]
     assert _exit_code(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and expected in err

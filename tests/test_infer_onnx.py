@@ -239,6 +239,10 @@ BAD = {
     "unknown device": (["{onnx}", "{data}", "--device_target", "TPU"], "unknown device target 'TPU'"),
     "missing dataset": (["{onnx}", "{root}/nowhere"], "does not exist"),
     "bad output suffix": (["{onnx}", "{data}", "--output", "{root}/p.xml"], ".csv or .json"),
+    "unwritable output folder": (["{onnx}", "{data}", "--output", "/sys/p.csv"],  # sysfs refuses even root
+                                 "cannot write --output /sys/p.csv"),
+    "missing logits folder": (["{onnx}", "{data}", "--save_logits", "{root}/nowhere/l.npy"],
+                              "folder of --save_logits does not exist"),
     "zero batch": (["{onnx}", "{data}", "--batch_size", "0"], "--batch_size must be >= 1"),
     "bad mean": (["{onnx}", "{data}", "--mean", "0.5,0.5"], "3 numbers"),
     "no dataset": (["{onnx}"], "need a model and a dataset"),

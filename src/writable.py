@@ -1,0 +1,27 @@
+"""Fail before the work, not after it: prove an output folder takes files before training or evaluating."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+
+def ensure_writable_folder(folder: str | os.PathLike) -> None:
+    """Create ``folder`` (with parents) and create/delete a file in it; raises OSError saying why not."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
+def why_not_writable(folder: str | os.PathLike) -> str | None:
+    """None when ``folder`` can take files, else the reason (e.g. 'Permission denied')."""
+    try:
+        ensure_writable_folder(folder)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
