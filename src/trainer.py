@@ -66,6 +66,7 @@ RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
 # Test hook: every rank writes hashes of its final weights to this folder (bitwise-equality test).
 DUMP_WEIGHTS_ENV = "EFFNET_DUMP_RANK_WEIGHTS"
 EMPTY_BATCH_STAND_IN = 2  # images in the zero-weight batch a rank runs when all its images were unreadable
+NETWORK_STRIDE = 32  # every variant's last feature map is 1x1 for crops of up to 32 px
 
 
 class TrainInputError(ValueError):
@@ -410,11 +411,17 @@ def _stand_in_batch(run: Run) -> Batch:
     return Batch(images, torch.zeros(EMPTY_BATCH_STAND_IN, dtype=torch.int64), [])
 
 
+def _min_batch_for_batchnorm(run: Run) -> int:
+    """BatchNorm in train mode needs two values per channel: two images once the last map is 1x1."""
+    size = run.stage.image_size if run.stage else run.data.image_size
+    return 2 if size <= NETWORK_STRIDE and not run.cfg.freeze_backbone else 1  # a frozen backbone's BN is in eval
+
+
 def forward_backward(run: Run, batch: Batch, last_micro: bool, micro: int) -> torch.Tensor:
     """Loss of one micro-batch, backpropagated (scaled by the accumulation count); returns it detached."""
     cfg, info = run.cfg, run.info
     weight = 1.0 / cfg.accumulate_grad_batches
-    if batch.labels.numel() == 0:
+    if batch.labels.numel() < _min_batch_for_batchnorm(run):  # unreadable images took the rest of the batch
         if not info.distributed:
             return torch.zeros((), device=info.device)
         batch, weight = _stand_in_batch(run), 0.0
@@ -754,11 +761,21 @@ def prepare(cfg: Config) -> tuple[Config, DataBundle, dict | None, list[str]]:
     if cfg.freeze_backbone and not cfg.pretrained and ckpt is None:
         notes.append("warning: --freeze_backbone without --pretrained trains a classifier on random features")
     data.num_classes = resolve_num_classes(cfg, data.classes, notes)
+    check_batch_for_batchnorm(cfg, data.image_size)
     launch = launch_env(os.environ)
     plan_epoch(len(data.train), cfg, launch.world_size if launch else 1)  # fails here, before any process group
     if ckpt is not None:
         check_resume_classes(ckpt, data.classes, str(cfg.resume))
     return cfg, data, ckpt, notes
+
+
+def check_batch_for_batchnorm(cfg: Config, image_size: int) -> None:
+    """A batch of one 32 px image gives BatchNorm a single value per channel in the last stages."""
+    sizes = [int(stage.get("image_size", image_size)) for stage in cfg.progressive or []] or [image_size]
+    if cfg.batch_size == 1 and min(sizes) <= NETWORK_STRIDE and not cfg.freeze_backbone:
+        raise TrainInputError(f"--batch_size 1 at image_size {min(sizes)} leaves BatchNorm one value per channel "
+                              f"(the last feature map is 1x1); use --batch_size 2 or more, or --image_size "
+                              f"{NETWORK_STRIDE + 1} or more")
 
 
 def check_run_dir(run_dir: Path) -> None:

@@ -250,10 +250,14 @@ def test_progressive_stage_lookup_and_settings():
     (["--dataset_path", "{data}", "--pretrained", "{tmp}/nothing.pth"], "not found"),
     (["--dataset_path", "{data}", "--no_such_key", "1"], "unknown config key"),
     (["--dataset_path", "{data}", "--save_checkpoint_path", "{tmp}/a_file/run"], "cannot hold the run's files"),
+    (["--dataset_path", "{data}", "--batch_size", "1"], "use --batch_size 2 or more, or --image_size 33 or more"),
+    (["--dataset_path", "{data}", "--pretrained", "{tmp}/zero.pth"], "zero.pth is corrupt or truncated"),
+    (["--dataset_path", "{data}", "--pretrained", "{tmp}/a_file"], "a_file is not a readable checkpoint"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(extra, fragment, data2, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    (tmp_path / "a_file").touch()
+    (tmp_path / "a_file").write_text("not weights")
+    (tmp_path / "zero.pth").touch()
     args = BASE + ["--save_checkpoint_path", tmp_path / "run"]
     args += [a.format(tmp=tmp_path, data=data2) for a in extra]
     code, _, err = run_main(args, capsys)
@@ -553,6 +557,26 @@ def test_unreadable_training_images_are_skipped_and_counted(tmp_path, capsys):
     assert code == 0, err
     assert "broken images: 2" in out and "skipped: 0 non-finite steps, 2 unreadable images" in out
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-2])["broken_images"] == 2
+
+
+@pytest.mark.slow
+def test_a_batch_left_with_one_readable_32px_image_is_skipped_not_fatal(tmp_path, capsys):
+    """At 32 px the last feature map is 1x1: one image would give BatchNorm a single value per channel."""
+    from helpers_data import write_broken_file
+
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=1, size=(36, 36), split="both")
+    for i in range(3):
+        write_broken_file(data / "train" / "class_00" / f"zz_bad{i}.jpg", "garbage")
+    for i in range(4):
+        write_broken_file(data / "train" / "class_01" / f"zz_bad{i}.jpg", "truncated")
+    for good in (data / "train" / "class_01").glob("img_*"):
+        good.unlink()  # 8 files, one readable: two batches of 4
+    args = BASE + ["--dataset_path", data, "--save_checkpoint_path", tmp_path / "run", "--epoch_size", "1",
+                   "--batch_size", "4", "--augment", "none"]
+    with pytest.warns(UserWarning):
+        code, out, err = run_main(args, capsys)
+    assert code == 0, err
+    assert "skipped: 0 non-finite steps, 7 unreadable images" in out
 
 
 @pytest.mark.slow
