@@ -11,6 +11,8 @@ import os
 import torch
 from torch import nn
 
+from src.checkpoint import load_checkpoint
+
 PRETRAINED_TAG = "IMAGENET1K_V1"  # the weights whose preprocessing VARIANTS describes
 
 
@@ -26,8 +28,11 @@ def pretrained_url(model_name: str) -> str:
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors of a weight file: a plain state_dict, or a train.py checkpoint's ``model`` entry."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    """Tensors of a weight file: a plain state_dict, or a train.py checkpoint's ``model`` entry.
+
+    Read through src.checkpoint.load_checkpoint: weights only, and an empty, truncated or foreign
+    file is a CheckpointError naming it rather than whatever torch.load happens to raise."""
+    obj = load_checkpoint(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
