@@ -5,6 +5,7 @@
     python train.py --config configs/efficientnet_b2_imagenet.yaml --dataset_path /data/imagenet
     python train.py --config ... --resume checkpoint/efficientnet_b2-120_625.pth
     torchrun --nproc_per_node 8 train.py --config ... --dataset_path ...   # or scripts/run_distribute_train.sh
+    python train.py --check --config ... --dataset_path ...   # only validate the inputs, then exit
 
 Every config key can be given as ``--key value`` (``python -m src.config --markdown`` lists them).
 Exit status: 0 done, 1 stopped (a persistently non-finite loss, or a full disk: checkpoints already
@@ -23,7 +24,7 @@ from src.config import ConfigError, load_config
 from src.distributed import DistributedError
 from src.models import WeightMismatchError
 from src.preprocess import DatasetError
-from src.trainer import NonFiniteLossError, TrainInputError, TrainOutOfMemory, run_training
+from src.trainer import NonFiniteLossError, TrainInputError, TrainOutOfMemory, check_inputs, run_training
 
 EXIT_TRAINING_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -42,8 +43,14 @@ def _error(message: object, status: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    check_only = "--check" in args
+    args = [a for a in args if a != "--check"]
     try:
-        run_training(load_config(list(sys.argv[1:] if argv is None else argv)))
+        if check_only:
+            print(check_inputs(load_config(args)), flush=True)
+            return 0
+        run_training(load_config(args))
     except BAD_INPUT_ERRORS as exc:
         return _error(exc, EXIT_BAD_INPUT)
     except (NonFiniteLossError, CheckpointWriteError) as exc:

@@ -29,6 +29,7 @@ CHECKPOINT=$3
 shift 3
 require_positive_int DEVICE_NUM "$DEVICE_NUM"
 require_dir DATA_DIR "$DATA_DIR"
+require_launch_env
 [ -f "$CHECKPOINT" ] || fail "CHECKPOINT '$CHECKPOINT' is not a file"
 
 # The device comes from the checkpoint's config unless a flag overrides it; reading it also
@@ -49,6 +50,8 @@ if [ "$TARGET" = GPU ]; then
 fi
 
 RUN_DIR=$(cd "$(dirname "$CHECKPOINT")" && pwd)
+check_train_inputs $((DEVICE_NUM * ${NNODES:-1})) "" --resume "$CHECKPOINT" --dataset_path "$DATA_DIR" \
+  --save_checkpoint_path "$RUN_DIR" "$@"
 LOG="$RUN_DIR/log_resume_$(date +%Y%m%d_%H%M%S).txt"
 echo "resuming in run folder: $RUN_DIR (console log: $LOG)"
 "$PYTHON" -m torch.distributed.run --nproc_per_node "$DEVICE_NUM" --nnodes "${NNODES:-1}" \

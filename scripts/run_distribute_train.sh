@@ -31,6 +31,7 @@ DATA_DIR=$2
 shift 2
 require_positive_int DEVICE_NUM "$DEVICE_NUM"
 require_dir DATA_DIR "$DATA_DIR"
+require_launch_env
 
 TARGET=$(resolved_device_target --dataset_path "$DATA_DIR" "$@")
 if [ "$TARGET" = GPU ]; then
@@ -39,6 +40,7 @@ if [ "$TARGET" = GPU ]; then
 fi
 
 RUN_DIR=$(new_run_dir train)
+check_train_inputs $((DEVICE_NUM * ${NNODES:-1})) "$RUN_DIR" --dataset_path "$DATA_DIR" --save_checkpoint_path "$RUN_DIR" "$@"
 echo "run folder: $RUN_DIR (console log: $RUN_DIR/log.txt)"
 "$PYTHON" -m torch.distributed.run --nproc_per_node "$DEVICE_NUM" --nnodes "${NNODES:-1}" \
   --node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \

@@ -36,6 +36,7 @@ if [ "$TARGET" = GPU ]; then
 fi
 
 RUN_DIR=$(new_run_dir train)
+check_train_inputs 1 "$RUN_DIR" --dataset_path "$DATA_DIR" --save_checkpoint_path "$RUN_DIR" "$@"
 echo "run folder: $RUN_DIR (console log: $RUN_DIR/log.txt)"
 "$PYTHON" "$ROOT/train.py" --dataset_path "$DATA_DIR" --save_checkpoint_path "$RUN_DIR" "$@" 2>&1 \
   | tee "$RUN_DIR/log.txt"

@@ -5,11 +5,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-# Bad launcher arguments: the reason, then the usage, exit status 1.
+# Bad launcher arguments: the reason, then the usage, exit status 2 (bad input, as train.py).
 fail() {
   echo "error: $1" >&2
   usage
-  exit 1
+  exit 2
 }
 
 require_positive_int() {  # NAME VALUE
@@ -26,6 +26,28 @@ require_index() {  # NAME VALUE: 0, 1, 2, ...
 
 require_dir() {  # NAME PATH
   [ -d "$2" ] || fail "$1 '$2' is not a directory"
+}
+
+# NNODES, NODE_RANK and MASTER_PORT of a torchrun launch (defaults 1, 0, 29500).
+require_launch_env() {
+  require_positive_int NNODES "${NNODES:-1}"
+  require_index NODE_RANK "${NODE_RANK:-0}"
+  [ "${NODE_RANK:-0}" -lt "${NNODES:-1}" ] || fail "NODE_RANK must be below NNODES (${NNODES:-1}), got '${NODE_RANK}'"
+  require_positive_int MASTER_PORT "${MASTER_PORT:-29500}"
+  [ "${MASTER_PORT:-29500}" -le 65535 ] || fail "MASTER_PORT must be at most 65535, got '${MASTER_PORT}'"
+}
+
+# train.py --check as rank 0 of a launch of WORLD processes: bad input ends the launcher here with
+# train.py's one error line (exit 2), before torchrun starts processes that would all fail and
+# print its failure report. A run folder made for the run is removed again.
+check_train_inputs() {  # WORLD RUN_DIR_TO_REMOVE_OR_EMPTY TRAIN_ARGS...
+  local world=$1 made=$2 status=0
+  shift 2
+  WORLD_SIZE=$world RANK=0 LOCAL_RANK=0 "$PYTHON" "$ROOT/train.py" --check "$@" >/dev/null || status=$?
+  if [ "$status" -ne 0 ]; then
+    [ -z "$made" ] || rmdir -- "$made" 2>/dev/null || true
+    exit "$status"
+  fi
 }
 
 # device_target as train.py will resolve it from --config / --key value flags (GPU or CPU).

@@ -786,6 +786,17 @@ def check_run_dir(run_dir: Path) -> None:
                               "choose a writable folder")
 
 
+def check_inputs(cfg: Config) -> str:
+    """train.py --check: every input check of a run (as rank 0 of the launch in the environment)
+    without building the model; launchers call it before torchrun so bad input gives one line."""
+    cfg, data, _, notes = prepare(cfg)
+    launch = launch_env(os.environ)
+    world = launch.world_size if launch else 1
+    _, steps = plan_epoch(len(data.train), cfg, world)
+    return (f"ok: {cfg.model} on {cfg.device_target}, {notes[0].removeprefix('data: ')}; {world} process(es), "
+            f"{steps} steps per epoch")
+
+
 def check_resume_classes(ckpt: dict, classes: list[str], path: str) -> None:
     saved = ckpt.get("classes")
     if saved is not None and list(saved) != classes:

@@ -27,7 +27,7 @@ def script(name: str, *args: object, env: dict | None = None, cwd: Path = REPO) 
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and fragment in proc.stderr.splitlines()[0], proc.stderr
     assert "Usage: bash scripts/" in proc.stderr
 
@@ -57,9 +57,33 @@ def data(tmp_path_factory) -> Path:
     ("run_distribute_resume.sh", ["2", "{data}", "{tmp}/none.pth"], "CHECKPOINT '{tmp}/none.pth' is not a file"),
     ("run_distribute_resume.sh", ["x", "{data}", "{tmp}/none.pth"], "DEVICE_NUM must be a positive integer"),
 ])
-def test_bad_arguments_print_usage_and_exit_1(name, args, fragment, data, tmp_path):
+def test_bad_arguments_print_usage_and_exit_2(name, args, fragment, data, tmp_path):
     proc = script(name, *[a.format(data=data, tmp=tmp_path) for a in args])
     assert_usage_error(proc, fragment.format(tmp=tmp_path))
+
+
+@pytest.mark.parametrize("variables, fragment", [
+    ({"NNODES": "x"}, "NNODES must be a positive integer, got 'x'"),
+    ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK must be below NNODES (2), got '2'"),
+    ({"NODE_RANK": "-1"}, "NODE_RANK must be a non-negative integer"),
+    ({"MASTER_PORT": "abc"}, "MASTER_PORT must be a positive integer, got 'abc'"),
+    ({"MASTER_PORT": "70000"}, "MASTER_PORT must be at most 65535"),
+])
+def test_bad_launch_environment_prints_usage_and_exit_2(variables, fragment, data):
+    proc = script("run_distribute_train.sh", 2, data, "--device_target", "CPU", env={**ENV, **variables})
+    assert_usage_error(proc, fragment)
+
+
+@pytest.mark.parametrize("name, first", [("run_distribute_train.sh", "2"), ("run_standalone_train.sh", "0")])
+def test_bad_dataset_is_one_line_before_any_process_starts(name, first, tmp_path):
+    """train.py --check runs first: no torchrun failure report, no per-rank copies, no run folder left."""
+    (tmp_path / "empty").mkdir()
+    runs = tmp_path / "runs"
+    proc = script(name, first, tmp_path / "empty", "--device_target", "CPU", env={**ENV, "RUN_ROOT": str(runs)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: no class folders in {tmp_path / 'empty'}; expected "
+                                                f"{tmp_path / 'empty'}/<class>/<image>"]
+    assert proc.stdout == "" and list(runs.iterdir()) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")

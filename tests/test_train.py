@@ -264,6 +264,20 @@ def test_bad_input_is_one_error_line_and_exit_2(extra, fragment, data2, tmp_path
     assert_one_error_line(code, err, 2, fragment)
 
 
+def test_check_validates_as_rank_0_of_the_launch_and_trains_nothing(data2, tmp_path, monkeypatch, capsys):
+    args = BASE + ["--check", "--dataset_path", data2, "--save_checkpoint_path", tmp_path / "run", "--batch_size", "6"]
+    code, out, err = run_main(args, capsys)
+    assert (code, err) == (0, "")
+    assert out == ("ok: efficientnet_b0 on CPU, 48 training images, 10 validation images, 2 classes; "
+                   "1 process(es), 8 steps per epoch\n")
+    assert list((tmp_path / "run").iterdir()) == []
+    monkeypatch.setenv("WORLD_SIZE", "10")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    code, _, err = run_main(args, capsys)  # 5 images per process: not one batch of 6
+    assert_one_error_line(code, err, 2, "48 training images give 5 per process")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_gpu_without_cuda_suggests_cpu(data2, tmp_path, capsys):
     code, _, err = run_main(BASE + ["--dataset_path", data2, "--device_target", "GPU"], capsys)
