@@ -756,8 +756,13 @@ def prepare(cfg: Config) -> tuple[Config, DataBundle, dict | None, list[str]]:
     if cfg.finetune_auto and ckpt is None:
         notes += apply_finetune_defaults(cfg, len(data.train))
     if len(data.train) < FEW_IMAGES_WARNING:
-        notes.append(f"warning: only {len(data.train)} training images; expect overfitting - prefer --pretrained "
-                     f"imagenet, stronger --augment, or --freeze_backbone true")
+        remedies = [] if cfg.pretrained or ckpt is not None else ["--pretrained imagenet"]
+        remedies += ["stronger --augment"] + ([] if cfg.freeze_backbone else ["--freeze_backbone true"])
+        notes.append(f"warning: only {len(data.train)} training images; expect overfitting - consider "
+                     f"{', '.join(remedies[:-1])}{' or ' if len(remedies) > 1 else ''}{remedies[-1]}")
+    if data.val is None:
+        notes.append("note: no validation set (add DIR/val/<class>/* or set --val_split): no accuracy, best "
+                     "checkpoint or early stopping in this run")
     if cfg.freeze_backbone and not cfg.pretrained and ckpt is None:
         notes.append("warning: --freeze_backbone without --pretrained trains a classifier on random features")
     data.num_classes = resolve_num_classes(cfg, data.classes, notes)

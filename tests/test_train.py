@@ -278,6 +278,15 @@ def test_check_validates_as_rank_0_of_the_launch_and_trains_nothing(data2, tmp_p
     assert_one_error_line(code, err, 2, "48 training images give 5 per process")
 
 
+def test_a_run_without_validation_says_so_before_training(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=(36, 36), split="train")
+    args = BASE + ["--dataset_path", data, "--save_checkpoint_path", tmp_path / "run", "--epoch_size", "1"]
+    code, out, err = run_main(args, capsys)
+    assert code == 0, err
+    note = out.index("note: no validation set (add DIR/val/<class>/* or set --val_split)")
+    assert note < out.index("epoch: [  0/  1]") and "val: epoch" not in out
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_gpu_without_cuda_suggests_cpu(data2, tmp_path, capsys):
     code, _, err = run_main(BASE + ["--dataset_path", data2, "--device_target", "GPU"], capsys)
@@ -509,7 +518,7 @@ def test_finetune_frozen_backbone_from_weight_file(data2, tmp_path, capsys):
     assert "finetune_auto: 48 training images (under 1,000) -> epoch_size" not in out  # epoch_size was given
     assert "finetune_auto: 48 training images (under 1,000) -> dropout 0.3" in out
     assert "kept values you set: lr_max 0.01, epoch_size 1, batch_size 4" in out
-    assert "warning: only 48 training images" in out
+    assert "warning: only 48 training images; expect overfitting - consider stronger --augment\n" in out
     trained = weights(tmp_path / "run" / "efficientnet_b0-1_12.pth")
     original = source.state_dict()
     assert_same_weights({k: v for k, v in trained.items() if k.startswith("features.")},
