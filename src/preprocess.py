@@ -363,11 +363,22 @@ def list_class_folders(root: str | os.PathLike) -> tuple[list[str], list[tuple[s
     return classes, samples
 
 
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
 def resolve_eval_folder(root: str | os.PathLike) -> Path:
-    """A dataset root's val/ when it holds class folders, else the folder itself."""
+    """A dataset root's val/ when it holds class folders, else the folder itself.
+
+    A root of split folders without a usable val/ is an error: scoring it would take "train" for a
+    class name."""
     root = Path(root)
     val = root / "val"
     if val.is_dir() and _class_dirs(val):
         return val
+    train = root / "train"
+    if root.is_dir() and train.is_dir() and _class_dirs(train) and set(_class_dirs(root)) <= set(SPLIT_FOLDERS):
+        raise DatasetError(f"{root} has a train/ split but no val/ with class folders; put held-out images in "
+                           f"{val}/<class>/, or pass a folder of class folders (e.g. {train} to score the "
+                           "training images)")
     return root
 

@@ -254,3 +254,9 @@ def test_resolve_eval_folder(tmp_path):
     assert resolve_eval_folder(tmp_path / "both") == tmp_path / "both" / "val"
     assert resolve_eval_folder(tmp_path / "flat") == tmp_path / "flat"
     assert resolve_eval_folder(tmp_path / "emptyval") == tmp_path / "emptyval"
+    make_image_folder(tmp_path / "trainonly", split="train", classes=2, per_class=1)
+    with pytest.raises(DatasetError, match="trainonly has a train/ split but no val/ with class folders"):
+        resolve_eval_folder(tmp_path / "trainonly")
+    make_image_folder(tmp_path / "classes", classes=2, per_class=1)
+    make_image_folder(tmp_path / "classes" / "train", classes=1, per_class=1)  # a class named "train": fine
+    assert resolve_eval_folder(tmp_path / "classes") == tmp_path / "classes"
