@@ -20,6 +20,8 @@ from typing import Any, Iterable
 
 import yaml
 
+from src.preprocess import MAX_IMAGE_SIZE
+
 MODEL_NAMES: tuple[str, ...] = (
     "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
     "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
@@ -28,6 +30,7 @@ MODEL_NAMES: tuple[str, ...] = (
 LR_DECAY_MODES = ("linear", "liner", "cosine", "steps", "poly", "exponential", "constant")
 # RandAugment magnitudes are bin indices 0..30 (torchvision's num_magnitude_bins = 31).
 RANDAUG_MAX_MAGNITUDE = 30
+MAX_SEED = 2**32 - 1  # numpy's and the DataLoader workers' seeds are 32-bit
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 NULL_WORDS = ("none", "null", "~", "")
@@ -108,7 +111,8 @@ class Config:
                                     nullable=True)
     val_split: float = _fraction(0.0, "fraction of train/ held out for validation; 0 = use DIR/val")
     download: bool = _key(False, "bool", "download CIFAR into dataset_path if missing")
-    image_size: int | None = _pos_int(None, "training crop size; null = the variant's train size", nullable=True)
+    image_size: int | None = _pos_int(None, "training crop size; null = the variant's train size", nullable=True,
+                                      high=MAX_IMAGE_SIZE)
     eval_resize: int | None = _pos_int(None, "eval: resize shorter side to this; null = derived", nullable=True)
     eval_crop: int | None = _pos_int(None, "eval: center crop size; null = derived", nullable=True)
     interpolation: str | None = _key(None, "str", "resize interpolation; null = the variant's",
@@ -119,7 +123,7 @@ class Config:
     eval_batch_size: int | None = _pos_int(None, "evaluation batch size per device; null = batch_size", nullable=True)
     epoch_size: int = _pos_int(350, "number of training epochs")
     num_workers: int = _nonneg_int(8, "data loader worker processes per device")
-    seed: int = _nonneg_int(1, "random seed (per-rank offsets are added)")
+    seed: int = _nonneg_int(1, "random seed (per-rank offsets are added)", high=MAX_SEED)
     device_target: str = _key("GPU", "str", "device to run on", choices=("GPU", "CPU"))
 
     # --- optimiser ---

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "ALPHA_BACKGROUND", "DRAFT_SAFETY", "IMAGE_EXTENSIONS", "INTERPOLATIONS",
+    "ALPHA_BACKGROUND", "DRAFT_SAFETY", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "MAX_IMAGE_SIZE",
     "DatasetError", "Preprocess", "UnreadableImage",
     "apply_draft", "center_crop_box", "decode_rgb", "draft_factor", "eval_image",
     "exif_orientation", "is_image_file", "list_class_folders", "load_rgb", "normalize_batch",
@@ -52,6 +52,9 @@ ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 # final resize still shrinks by >= 2x and the result stays within ~1 grey level of a full decode.
 DRAFT_SAFETY: float = 2.0
 DRAFT_FACTORS: tuple[int, ...] = (8, 4, 2)
+
+# Largest resize/crop side accepted anywhere (8x B7's 600 px): beyond it a typo, not a model input.
+MAX_IMAGE_SIZE = 8192
 
 EXIF_ORIENTATION_TAG = 0x0112
 # EXIF orientation -> Pillow transpose that makes the image upright (EXIF 2.3 spec, tag 274).

@@ -760,6 +760,9 @@ def prepare(cfg: Config) -> tuple[Config, DataBundle, dict | None, list[str]]:
         remedies += ["stronger --augment"] + ([] if cfg.freeze_backbone else ["--freeze_backbone true"])
         notes.append(f"warning: only {len(data.train)} training images; expect overfitting - consider "
                      f"{', '.join(remedies[:-1])}{' or ' if len(remedies) > 1 else ''}{remedies[-1]}")
+    if cfg.checkpoint_path:
+        notes.append(f"note: checkpoint_path ({cfg.checkpoint_path}) is for eval.py and export.py; train.py starts "
+                     "from --pretrained PATH (weights) or continues a run with --resume PATH")
     if data.val is None:
         notes.append("note: no validation set (add DIR/val/<class>/* or set --val_split): no accuracy, best "
                      "checkpoint or early stopping in this run")

@@ -138,6 +138,8 @@ def test_defaults_file_used_only_without_config(tmp_path: Path) -> None:
     (["--batch_size", "2.5"], "config key 'batch_size': '2.5' is not an integer"),
     (["--val_split", "1.0"], "config key 'val_split': 1.0 is out of range; allowed 0 ≤ value < 1"),
     (["--lr_max", "0"], "config key 'lr_max': 0.0 is out of range; allowed > 0"),
+    (["--seed", str(2**64)], f"config key 'seed': {2**64} is out of range; allowed 0 ≤ value ≤ 4294967295"),
+    (["--image_size", "10000"], "config key 'image_size': 10000 is out of range; allowed 1 ≤ value ≤ 8192"),
     (["--lr_max", "nan"], "config key 'lr_max': 'nan' is not a finite number"),
     (["--download", "maybe"], "config key 'download': 'maybe' is not a boolean (true/false, 1/0, yes/no)"),
     (["--model", "resnet50"], "config key 'model': 'resnet50' is not one of " + ", ".join(MODEL_NAMES)),

@@ -278,13 +278,17 @@ def test_check_validates_as_rank_0_of_the_launch_and_trains_nothing(data2, tmp_p
     assert_one_error_line(code, err, 2, "48 training images give 5 per process")
 
 
-def test_a_run_without_validation_says_so_before_training(tmp_path, capsys):
+def test_missing_validation_and_an_unused_checkpoint_path_are_noted_before_training(tmp_path, capsys):
     data = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=(36, 36), split="train")
-    args = BASE + ["--dataset_path", data, "--save_checkpoint_path", tmp_path / "run", "--epoch_size", "1"]
+    args = BASE + ["--dataset_path", data, "--save_checkpoint_path", tmp_path / "run", "--epoch_size", "1",
+                   "--checkpoint_path", "weights.pth"]
     code, out, err = run_main(args, capsys)
     assert code == 0, err
-    note = out.index("note: no validation set (add DIR/val/<class>/* or set --val_split)")
-    assert note < out.index("epoch: [  0/  1]") and "val: epoch" not in out
+    start = out.index("epoch: [  0/  1]")
+    assert out.index("note: no validation set (add DIR/val/<class>/* or set --val_split)") < start
+    assert out.index("note: checkpoint_path (weights.pth) is for eval.py and export.py; train.py starts from "
+                     "--pretrained PATH") < start
+    assert "val: epoch" not in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
