@@ -104,6 +104,8 @@ def _fsync_directory(directory: Path) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint with ``weights_only=True`` and turn every failure into a CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it (a .pth)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

@@ -408,6 +408,8 @@ def _reject_unknown(data: dict[str, Any], source: str) -> None:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a flat YAML mapping of config keys; unknown keys are errors (typos must not pass silently)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a folder; give a .yaml file (see configs/)")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
     try:

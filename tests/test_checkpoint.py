@@ -108,6 +108,8 @@ def test_missing_file(tmp_path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(CheckpointError, match=f"^checkpoint not found: {missing}$"):
         load_checkpoint(missing)
+    with pytest.raises(CheckpointError, match=f"^{tmp_path} is a folder; give the checkpoint file inside it"):
+        load_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("payload_cls", [ShellPayload, OpenPayload])

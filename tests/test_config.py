@@ -167,6 +167,8 @@ def test_missing_config_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError, match=f"config file '{missing}' does not exist"):
         load_config(["--config", str(missing)])
+    with pytest.raises(ConfigError, match=f"config file '{tmp_path}' is a folder; give a .yaml file"):
+        load_config(["--config", str(tmp_path)])
 
 
 @pytest.mark.parametrize("text,message", [

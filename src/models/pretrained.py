@@ -88,7 +88,7 @@ def load_pretrained(model: nn.Module, name_or_path: str = "imagenet", progress: 
         )
         source = f"torchvision {PRETRAINED_TAG} weights"
     else:
-        if not os.path.isfile(name_or_path):
+        if not os.path.exists(name_or_path):
             raise FileNotFoundError(f"pretrained weights not found: {name_or_path}")
         state = read_state_dict(name_or_path)
         source = name_or_path
