@@ -12,7 +12,7 @@ from bench import memory as memory_mode
 from bench import model as model_mode
 from bench import onnx_bench as onnx_mode
 from bench import train_bench as train_mode
-from bench.common import write_json
+from bench.common import check_args, write_json
 
 MODES = {
     "model": (model_mode, "train-step and inference images/s: ours vs torchvision/timm"),
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     set_allocator(args.malloc)
     try:
         module = MODES[args.mode][0]
+        check_args(args, module.MINIMUMS)
         payload = module.run(args)
         module.print_report(payload)
         write_json(args.json, payload)

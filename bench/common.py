@@ -12,6 +12,10 @@ from typing import Callable
 
 import torch
 
+from src.writable import why_not_writable
+
+MIN_IMAGE_SIZE = 32  # the networks' total stride: a smaller input ends in a 1x1 feature map
+
 
 def machine_info() -> dict:
     """What the numbers were measured on, stored next to them."""
@@ -93,6 +97,35 @@ def format_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def check_args(args, minimums: dict[str, int]) -> None:
+    """Bad counts, sizes and output paths fail here as one line, before minutes of benchmarking.
+
+    ``minimums`` maps each numeric option of the mode to its smallest sensible value; options left
+    unset (None) keep their computed default.
+    """
+    bad = []
+    for name, low in minimums.items():
+        value = getattr(args, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(v is not None and v < low for v in values):
+            bad.append(f"--{name} must be >= {low}, got {value}")
+    if bad:
+        raise ValueError("; ".join(bad))
+    if getattr(args, "data_dir", None):
+        check_writable("--data_dir", args.data_dir, args.data_dir)
+    if args.json:
+        check_writable("--json", args.json, os.path.dirname(os.path.abspath(args.json)))
+        if os.path.isdir(args.json):
+            raise ValueError(f"--json {args.json} is a folder; give a file name")
+
+
+def check_writable(flag: str, value: str, folder: str) -> None:
+    """Probe ``folder`` with a real file: a read-only mount or a file in the way shows up now."""
+    reason = why_not_writable(folder)
+    if reason is not None:
+        raise ValueError(f"{flag} {value}: cannot write there ({reason}); choose a writable folder")
 
 
 def write_json(path: str | None, payload: dict) -> None:

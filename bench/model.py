@@ -16,7 +16,7 @@ import torch
 from src.amp import autocast, build_scaler
 from src.models import build_model
 
-from .common import format_table, machine_info, paired_rounds
+from .common import MIN_IMAGE_SIZE, format_table, machine_info, paired_rounds
 
 
 def reference_models(name: str, num_classes: int) -> dict[str, torch.nn.Module]:
@@ -144,6 +144,10 @@ def print_report(payload: dict) -> None:
     rows = [[r["task"], r["variant"], r["impl"], r["images_per_sec"], f"{r['ours_speedup']:.3f}x"]
             for r in payload["results"]]
     print(format_table(["task", "variant", "impl", "images/s", "ours vs it (median of rounds)"], rows))
+
+
+# benchmark.py rejects smaller values before the run (common.check_args)
+MINIMUMS = {"batch_size": 1, "image_size": MIN_IMAGE_SIZE, "rounds": 1, "iters": 1, "warmup": 0}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

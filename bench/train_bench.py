@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .common import format_table, machine_info, run_child, sync
+from .common import MIN_IMAGE_SIZE, format_table, machine_info, run_child, sync
 from .data import JPEG_KINDS, generate_jpegs
 from .train_loop import WARMUP_EPOCHS, steady
 
@@ -138,8 +138,6 @@ def plain_loop(p: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    if min(args.batch_size, args.epochs, args.rounds, args.classes, args.per_class) < 1 or args.num_workers < 0:
-        raise ValueError("--batch_size, --epochs, --rounds, --classes, --per_class must be >= 1, --num_workers >= 0")
     if args.epochs <= WARMUP_EPOCHS:
         raise ValueError(f"--epochs must be > {WARMUP_EPOCHS}: the first epoch carries start-up and is not timed")
     if args.classes * args.per_class < args.batch_size:
@@ -180,6 +178,11 @@ def print_report(payload: dict) -> None:
     rows = [[r["impl"], r["images_per_sec"], r["images"], f"{r['vs_plain_loop']:.2f}x"] for r in payload["results"]]
     print(format_table(["impl", "images/s", "images per epoch", "vs plain loop (median of rounds)"], rows))
     print(f"train.py ran as: {payload['train_py_command']}")
+
+
+# benchmark.py rejects smaller values before the run (common.check_args)
+MINIMUMS = {"image_size": MIN_IMAGE_SIZE, "batch_size": 1, "epochs": 1, "classes": 1, "per_class": 1,
+            "num_workers": 0, "rounds": 1}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

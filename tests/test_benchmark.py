@@ -147,9 +147,53 @@ def test_train_mode_runs_train_py_and_the_plain_loop(tmp_path):
 
 def test_bad_options_exit_2_with_one_line(capsys):
     assert benchmark.main(["data", "--num_images", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --num_images and --rounds must be >= 1, got 0, 5"
+    assert capsys.readouterr().err.strip() == "error: --num_images must be >= 1, got 0"
     assert benchmark.main(["onnx", "--model", "efficientnet_b9"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown model 'efficientnet_b9'")
     with pytest.raises(SystemExit) as exc:
         benchmark.main(["data", "--phone_size", "big"])
     assert exc.value.code == 2
+
+
+@pytest.fixture
+def no_run(monkeypatch):
+    """Every mode's run fails the test: the checks must come before any benchmarking."""
+    def must_not_run(args):
+        raise AssertionError(f"{args.mode} ran despite bad options")
+
+    for module, _ in benchmark.MODES.values():
+        monkeypatch.setattr(module, "run", must_not_run)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["model", "--iters", "0", "--batch_size", "2"], "--iters must be >= 1, got 0"),
+    (["model", "--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+    (["model", "--image_size", "0"], "--image_size must be >= 32, got 0"),
+    (["model", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["model", "--rounds", "0", "--warmup", "-1"], "--rounds must be >= 1, got 0; --warmup must be >= 0, got -1"),
+    (["data", "--image_size", "0"], "--image_size must be >= 32, got 0"),
+    (["data", "--rounds", "-3"], "--rounds must be >= 1, got -3"),
+    (["onnx", "--image_size", "0"], "--image_size must be >= 32, got 0"),
+    (["onnx", "--batch_sizes", "1", "0"], "--batch_sizes must be >= 1, got [1, 0]"),
+    (["onnx", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["memory", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["memory", "--image_size", "16"], "--image_size must be >= 32, got 16"),
+    (["train", "--num_workers", "-1"], "--num_workers must be >= 0, got -1"),
+    (["train", "--per_class", "0"], "--per_class must be >= 1, got 0"),
+])
+def test_bad_counts_and_sizes_exit_2_before_the_run(no_run, capsys, argv, message):
+    assert benchmark.main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_unwritable_outputs_exit_2_before_the_run(no_run, capsys, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    in_the_way = "cannot write there (a file is in the way); choose a writable folder"
+    assert benchmark.main(["onnx", "--json", str(a_file / "x.json")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --json {a_file}/x.json: {in_the_way}"
+    assert benchmark.main(["onnx", "--json", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --json {tmp_path} is a folder; give a file name"
+    for mode in ("data", "train"):
+        assert benchmark.main([mode, "--data_dir", str(a_file)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: --data_dir {a_file}: {in_the_way}"
