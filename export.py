@@ -15,6 +15,7 @@ with one ``error: ...`` line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +24,7 @@ from infer.quantize import CALIB_METHODS, DEFAULT_CALIB_IMAGES, QuantizeError, c
 from src.checkpoint import CheckpointError
 from src.config import ConfigError
 from src.onnx_export import (
-    DEFAULT_OPSET, FORMATS, ExportError, benchmark, export_source, load_source, output_path,
+    DEFAULT_OPSET, FORMATS, ExportError, benchmark, check_opset, export_source, load_source, output_path,
 )
 from src.writable import why_not_writable
 
@@ -97,10 +98,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise ExportError(f"--eval_dir is not a folder: {args.eval_dir}")
     if args.benchmark and args.file_format != "ONNX":
         raise ExportError("--benchmark compares onnxruntime with PyTorch; use --file_format ONNX")
-    for flag in ("width", "height", "batch_size", "opset", "calib_images", "bench_threads"):
+    for flag in ("width", "height", "batch_size", "calib_images", "bench_threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ExportError(f"--{flag} must be >= 1, got {value}")
+    if not 0 < args.bench_seconds < math.inf:
+        raise ExportError(f"--bench_seconds must be a positive number of seconds, got {args.bench_seconds}")
+    check_opset(args.opset)
     folder = Path(args.file_name or "model").parent
     reason = why_not_writable(folder)
     if reason is not None:

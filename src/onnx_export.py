@@ -38,6 +38,8 @@ from src.models.pretrained import PRETRAINED_TAG
 from src.preprocess import Preprocess
 
 DEFAULT_OPSET = 17
+FALLBACK_OPSETS = (9, 17)  # when torch does not say what its exporter supports (torch.onnx._constants)
+MIN_FOLDING_OPSET = 9  # below it torch exports without constant folding: BatchNorm stays unfolded in the file
 FP32_TOLERANCE = 1e-4  # max |onnxruntime - PyTorch| on the logits
 FP16_RELATIVE_TOLERANCE = 1e-2  # fp16 weights: max diff / max |logit|
 VERIFY_BATCH = 2  # a dynamic-batch model is checked at batch 2, so the batch axis is exercised
@@ -393,6 +395,24 @@ class ExportResult:
     optimized_op_counts: Counter | None = None
 
 
+def supported_opsets() -> tuple[int, int]:
+    """Lowest and highest opset of torch's TorchScript-based exporter (the one used, dynamo=False)."""
+    try:
+        from torch.onnx import _constants
+        low, high = _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except (ImportError, AttributeError):
+        low, high = FALLBACK_OPSETS
+    return max(low, MIN_FOLDING_OPSET), high
+
+
+def check_opset(opset: int) -> None:
+    """Outside the range torch raises (or warns 'not supported') only after the model is built."""
+    low, high = supported_opsets()
+    if not low <= opset <= high:
+        raise ExportError(f"--opset must be between {low} and {high} (the range torch {torch.__version__}'s "
+                          f"ONNX exporter supports with constant folding), got {opset}")
+
+
 def export_source(
     source: ExportSource,
     file_name: str,
@@ -418,6 +438,8 @@ def export_source(
         raise ExportError(f"input size {size} is too small; EfficientNet downsamples 32x (use >= 32)")
     if batch_size is not None and batch_size < 1:
         raise ExportError(f"--batch_size must be >= 1, got {batch_size}")
+    if file_format == "ONNX":
+        check_opset(opset)
     pre = preprocess_for_size(source.preprocess, size)
     metadata = build_metadata(source.model_name, pre, source.classes, source.num_classes,
                               precision="fp16" if fp16 else "fp32")

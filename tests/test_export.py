@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from infer.metadata import INPUT_NAME, OUTPUT_NAME, parse_metadata
 from infer.quantize import compare_accuracy, quantize_int8
 from src.models import build_model, get_variant, list_models
 from src.onnx_export import (
-    ExportError, ExportSource, export_source, op_counts, optimized_op_counts, random_batch,
-    read_torchscript_metadata, verify_onnx,
+    DEFAULT_OPSET, FALLBACK_OPSETS, ExportError, ExportSource, export_onnx, export_source, op_counts,
+    optimized_op_counts, random_batch, read_torchscript_metadata, supported_opsets, verify_onnx,
 )
 from src.preprocess import Preprocess, list_class_folders
 from tests.helpers_data import class_name, make_image_folder
@@ -312,6 +313,13 @@ BAD_ARGS = {
     "nothing to export": ([], "nothing to export"),
     "both sources": (["--checkpoint_path", "{ckpt}", "--pretrained", "{plain}"], "not both"),
     "zero batch": (["--checkpoint_path", "{ckpt}", "--batch_size", "0"], "--batch_size"),
+    "opset 3": (["--checkpoint_path", "{ckpt}", "--width", "32", "--height", "32", "--opset", "3"],
+                "--opset must be between"),
+    "opset 999": (["--checkpoint_path", "{ckpt}", "--opset", "999"], "--opset must be between"),
+    "negative bench_seconds": (["--checkpoint_path", "{ckpt}", "--bench_seconds", "-1"],
+                               "--bench_seconds must be a positive number of seconds, got -1.0"),
+    "zero bench_seconds": (["--checkpoint_path", "{ckpt}", "--benchmark", "--bench_seconds", "0"],
+                           "--bench_seconds must be a positive number of seconds, got 0.0"),
     "output folder is a file": (["--checkpoint_path", "{ckpt}", "--file_name", "{plain}/out"],
                                 "for --file_name (a file is in the way)"),
 }
@@ -327,6 +335,36 @@ def test_bad_arguments_give_one_error_line_and_exit_2(weights, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and expected in err
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_opset_outside_the_exporters_range_fails_before_loading(monkeypatch, tmp_path, capsys):
+    low, high = supported_opsets()
+    assert low <= DEFAULT_OPSET <= high
+    monkeypatch.setattr(export_entry, "load_source", lambda *a: pytest.fail("loaded before checking --opset"))
+    for opset in (3, low - 1, high + 1, 999):
+        assert _exit_code(["--checkpoint_path", "x.pth", "--opset", str(opset), "--file_name", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --opset must be between {low} and {high} (the range torch ")
+        assert err.endswith(f"supports with constant folding), got {opset}") and "\n" not in err
+
+
+def test_both_ends_of_the_opset_range_export_with_batchnorm_folded(tmp_path):
+    low, high = supported_opsets()
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.SiLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.onnx.errors.OnnxExporterWarning)
+        for opset in (low, high):
+            path = export_onnx(tiny, tmp_path / f"tiny{opset}.onnx", 8, {}, opset=opset)
+            graph = onnx.load(str(path))
+            assert graph.opset_import[0].version == opset
+            assert "BatchNormalization" not in {node.op_type for node in graph.graph.node}
+
+
+def test_opset_range_falls_back_when_torch_does_not_publish_it(monkeypatch):
+    from torch.onnx import _constants
+    monkeypatch.delattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET")
+    assert supported_opsets() == FALLBACK_OPSETS
 
 
 def _exit_code(argv: list[str]) -> int:
