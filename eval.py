@@ -36,7 +36,8 @@ from src.model_loading import (
     IMAGENET, LoadedModel, ModelLoadError, apply_eval_overrides, load_published, load_trained,
 )
 from src.models import WeightMismatchError, get_variant
-from src.preprocess import INTERPOLATIONS, DatasetError, Preprocess, list_class_folders, resolve_eval_folder
+from src.preprocess import (INTERPOLATIONS, MAX_IMAGE_SIZE, DatasetError, Preprocess, list_class_folders,
+                            resolve_eval_folder)
 from src.transforms import build_eval_transform
 from src.writable import why_not_writable
 
@@ -183,8 +184,8 @@ def resolve_preprocess(base: Preprocess, s: Settings) -> Preprocess:
     """
     cfg, args = s.config, s.args
     for flag, value in (("--resize", args.resize), ("--crop", args.crop)):
-        if value is not None and value < 1:
-            raise EvalInputError(f"{flag} must be a positive number of pixels, got {value}")
+        if value is not None and not 1 <= value <= MAX_IMAGE_SIZE:
+            raise EvalInputError(f"{flag} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {value}")
     resize = args.resize if args.resize is not None else cfg.get("eval_resize")
     crop = args.crop if args.crop is not None else cfg.get("eval_crop")
     return apply_eval_overrides(base, resize, crop, args.interpolation or cfg.get("interpolation"),

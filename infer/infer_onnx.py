@@ -31,7 +31,7 @@ from infer.report import (  # noqa: E402
     Timing, check_output_path, check_writable_parent, prediction_rows, topk_accuracy, write_predictions,
 )
 from infer.session import DEVICE_TARGETS, DeviceError, create_session  # noqa: E402
-from src.preprocess import INTERPOLATIONS, DatasetError, Preprocess  # noqa: E402
+from src.preprocess import INTERPOLATIONS, MAX_IMAGE_SIZE, DatasetError, Preprocess  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TOPK = 5
@@ -149,12 +149,20 @@ def label_mapping(
 
     When every folder name is one of the model's class names (stored at export), labels follow
     the names, so a val folder holding a subset of the classes, or named in another order,
-    is scored correctly. Otherwise folder i is class i (sorted folder order, as in training).
+    is scored correctly. When no folder name is one (ImageNet's WordNet-id folders against the
+    category names stored for torchvision's weights), folder i is class i (sorted folder order, as
+    in training). Some names matching and some not means the wrong data or model: an error.
     """
     model_classes = info.classes
     if model_classes is not None and set(folder_classes) <= set(model_classes):
         position = {name: i for i, name in enumerate(model_classes)}
         return np.array([position[c] for c in folder_classes], np.int64), list(model_classes)
+    if model_classes is not None and set(folder_classes) & set(model_classes):
+        unknown = [c for c in folder_classes if c not in set(model_classes)]
+        shown = ", ".join(model_classes[:5]) + (", ..." if len(model_classes) > 5 else "")
+        raise DatasetError(f"class folder {unknown[0]!r} is not one of the model's {len(model_classes)} classes "
+                           f"({shown}), though {len(folder_classes) - len(unknown)} other folders are; point "
+                           "the runner at data for this model")
     if len(folder_classes) > num_outputs:
         raise DatasetError(
             f"the dataset has {len(folder_classes)} class folders but the model has {num_outputs} "
@@ -373,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for flag, value in (("--num_threads", args.num_threads), ("--intra_op_threads", args.intra_op_threads)):
             if value is not None and value < 1:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
+        for flag, value in (("--resize", args.resize), ("--crop", args.crop)):
+            if value is not None and not 1 <= value <= MAX_IMAGE_SIZE:
+                raise ValueError(f"{flag} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {value}")
         if args.output is not None:
             check_output_path(args.output)  # fail before the run, not after it
         if args.save_logits:

@@ -140,7 +140,9 @@ def write_predictions(path: str | os.PathLike, rows: list[dict], summary: dict) 
     header = ["file"] + (["label"] if labelled else [])
     for j in range(1, k + 1):
         header += [f"class_{j}", f"prob_{j}"]
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    # surrogateescape: a file name that is not valid UTF-8 (os.fsdecode's surrogates) is written
+    # back as its original bytes instead of failing half-way through the file
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for r in rows:

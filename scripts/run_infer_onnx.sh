@@ -23,7 +23,7 @@ USAGE
 fail() {
     echo "error: $1" >&2
     usage
-    exit 1
+    exit 2
 }
 
 if [ $# -lt 2 ]; then

@@ -256,7 +256,8 @@ def write_confusion_csv(result: EvalResult, classes: Sequence[str], path: str) -
     """CSV with a header row of class names; one row per true class, one column per predicted."""
     if len(classes) != result.num_classes:
         raise ValueError(f"{len(classes)} class names for {result.num_classes} classes")
-    with open(path, "w", newline="", encoding="utf-8") as handle:
+    # surrogateescape: a class folder name that is not valid UTF-8 is written as its original bytes
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["true\\predicted", *classes])
         for name, row in zip(classes, result.confusion):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 import eval as eval_entry
 from src.dataset import ImageFolderDataset, collate_skip_broken, load_cifar_split, to_device_normalized
-from src.evaluate import evaluate, format_result_line
+from src.evaluate import EvalResult, evaluate, format_result_line, write_confusion_csv
 from src.models import build_model, get_variant
 from src.models.pretrained import pretrained_url
 from src.preprocess import Preprocess, eval_image, list_class_folders, load_rgb, normalize_batch
@@ -168,6 +168,19 @@ def test_per_class_numbers_add_up_and_confusion_csv(single_run):
     assert matrix.sum(axis=1).tolist() == [r["total"] for r in rows]
     assert np.diag(matrix).tolist() == [r["correct"] for r in rows]
     assert "worst 5 classes: " in single_run["stdout"] and "images/s" in single_run["stdout"]
+
+
+def test_class_names_that_are_not_utf8_round_trip_through_the_csv_and_json(tmp_path):
+    """A class folder named b'b\\xff' arrives as os.fsdecode's surrogate; the files keep its bytes."""
+    classes = ["a", os.fsdecode(b"b\xff")]
+    result = EvalResult(loss_sum=1.0, correct1=3, correctk=4, count=4, confusion=np.array([[2, 0], [1, 1]]),
+                        top_k=2, seconds=1.0)
+    write_confusion_csv(result, classes, str(tmp_path / "cm.csv"))
+    assert (tmp_path / "cm.csv").read_bytes() == b"true\\predicted,a,b\xff\r\na,2,0\r\nb\xff,1,1\r\n"
+    text = json.dumps(result.to_dict(classes), indent=2)  # as eval.py writes --output_json
+    (tmp_path / "m.json").write_text(text, encoding="utf-8")
+    rows = json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["per_class"]
+    assert [os.fsencode(r["class"]) for r in rows] == [b"a", b"b\xff"]
 
 
 # ---------------------------------------------------------------- metrics against numpy
@@ -478,7 +491,7 @@ BAD_CASES = {
     "pretrained without model": (["--pretrained"], "--pretrained needs the variant"),
     "config class_num": (["--checkpoint_path", "{ckpt}", "--config", "{tmp}/class_num.yaml"], "class_num is 10"),
     "unknown flag": (["--checkpoint_path", "{ckpt}", "--bogus", "1"], "unrecognized arguments: --bogus"),
-    "zero crop": (["--checkpoint_path", "{ckpt}", "--crop", "0"], "--crop must be a positive"),
+    "zero crop": (["--checkpoint_path", "{ckpt}", "--crop", "0"], "--crop must be a number of pixels from 1 to 8192, got 0"),
     "all images unreadable": (["--checkpoint_path", "{ckpt}", "--dataset_path", "{tmp}/broken"],
                               "none of the 2 images"),
     "output file behind a file": (["--checkpoint_path", "{ckpt}", "--output_json", "{tmp}/a_file/m.json"],

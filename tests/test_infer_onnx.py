@@ -20,7 +20,7 @@ from infer.infer_onnx import PreprocessOverrides, main, run_inference
 from infer.pipeline import load_normalized
 from infer.report import softmax
 from src.onnx_export import ExportSource, export_source
-from src.preprocess import Preprocess, list_class_folders
+from src.preprocess import DatasetError, Preprocess, list_class_folders
 from tests.helpers_data import class_name, make_image_folder, write_broken_file
 from tests.test_export import conditioned_model
 
@@ -160,6 +160,23 @@ def test_unlabelled_folder_writes_csv_with_topk_columns(env, tmp_path, capsys):
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_file_names_that_are_not_utf8_keep_their_bytes_in_csv_and_json(env, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    source = sorted(env["unlabelled"].iterdir())[0]
+    odd = folder / os.fsdecode(b"b\xff.jpg")  # how Python names b'b\xff.jpg' on Linux
+    odd.write_bytes(source.read_bytes())
+    (folder / "plain.jpg").write_bytes(source.read_bytes())
+    for out in (tmp_path / "p.csv", tmp_path / "p.json"):
+        assert main([str(env["onnx"]), str(folder), "--device_target", "cpu", "--output", str(out),
+                     "--intra_op_threads", "1"]) == 0
+    rows = (tmp_path / "p.csv").read_bytes().splitlines()
+    assert len(rows) == 3 and rows[1].startswith(os.fsencode(odd) + b",")
+    report = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))
+    assert [os.fsencode(p["file"]) for p in report["predictions"]] == [os.fsencode(odd),
+                                                                       os.fsencode(folder / "plain.jpg")]
+
+
 def test_labels_follow_class_names_when_folders_are_a_subset_in_another_order(env, tmp_path):
     names = ["zebra", "apple", "mango"]  # model order is not alphabetical
     _, pre, path = _export(tmp_path, "named", names)
@@ -180,6 +197,11 @@ def test_labels_follow_class_names_when_folders_are_a_subset_in_another_order(en
     result = run_inference(path, plain, device_target="CPU", intra_op_threads=1, announce=notes.append)
     assert result.labels.tolist() == [0, 1]  # not the model's names: sorted folder index
     assert any("labels are the folders' sorted order" in n for n in notes)
+
+    (plain / "b").rename(plain / "mango")  # one folder named like a model class, one not: wrong data
+    with pytest.raises(DatasetError, match="class folder 'a' is not one of the model's 3 classes .zebra, apple, "
+                                           "mango., though 1 other folders are"):
+        run_inference(path, plain, **QUIET)
 
 
 def test_fixed_batch_model_pads_the_last_batch(env, tmp_path):
@@ -244,6 +266,7 @@ BAD = {
     "missing logits folder": (["{onnx}", "{data}", "--save_logits", "{root}/nowhere/l.npy"],
                               "folder of --save_logits does not exist"),
     "zero batch": (["{onnx}", "{data}", "--batch_size", "0"], "--batch_size must be >= 1"),
+    "zero crop": (["{onnx}", "{data}", "--crop", "0"], "--crop must be a number of pixels from 1 to 8192, got 0"),
     "bad mean": (["{onnx}", "{data}", "--mean", "0.5,0.5"], "3 numbers"),
     "no dataset": (["{onnx}"], "need a model and a dataset"),
 }
@@ -272,7 +295,7 @@ def test_run_infer_onnx_sh_checks_its_arguments(env, args, message):
     argv = [a.format(root=env["root"], data=env["data"], onnx=env["onnx"]) for a in args]
     proc = subprocess.run(["bash", str(REPO / "scripts" / "run_infer_onnx.sh"), *argv],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {message}") and "Usage: bash" in proc.stderr
 
 
