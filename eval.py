@@ -39,7 +39,7 @@ from src.models import WeightMismatchError, get_variant
 from src.preprocess import (INTERPOLATIONS, MAX_IMAGE_SIZE, DatasetError, Preprocess, list_class_folders,
                             resolve_eval_folder)
 from src.transforms import build_eval_transform
-from src.writable import why_not_writable
+from src.writable import unwritable_output
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -313,13 +313,9 @@ def report(result: EvalResult, loaded: LoadedModel, classes: list[str], pre: Pre
 def check_output_files(args: argparse.Namespace) -> None:
     """--output_json / --confusion_csv folders must take files before the evaluation runs, not after."""
     for flag, value in (("--output_json", args.output_json), ("--confusion_csv", args.confusion_csv)):
-        if not value or not _is_main_launch():
-            continue
-        reason = why_not_writable(Path(value).parent)
-        if reason is not None:
-            raise EvalInputError(f"{flag} {value}: cannot write there ({reason}); choose a writable folder")
-        if Path(value).is_dir():
-            raise EvalInputError(f"{flag} {value} is a folder; give a file name")
+        complaint = unwritable_output(flag, value) if value and _is_main_launch() else None
+        if complaint is not None:
+            raise EvalInputError(complaint)
 
 
 def _is_main_launch() -> bool:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from src.writable import why_not_writable
+from src.writable import unwritable_output, why_not_writable
 
 MIN_IMAGE_SIZE = 32  # the networks' total stride: a smaller input ends in a 1x1 feature map
 
@@ -113,19 +113,13 @@ def check_args(args, minimums: dict[str, int]) -> None:
             bad.append(f"--{name} must be >= {low}, got {value}")
     if bad:
         raise ValueError("; ".join(bad))
-    if getattr(args, "data_dir", None):
-        check_writable("--data_dir", args.data_dir, args.data_dir)
-    if args.json:
-        check_writable("--json", args.json, os.path.dirname(os.path.abspath(args.json)))
-        if os.path.isdir(args.json):
-            raise ValueError(f"--json {args.json} is a folder; give a file name")
-
-
-def check_writable(flag: str, value: str, folder: str) -> None:
-    """Probe ``folder`` with a real file: a read-only mount or a file in the way shows up now."""
-    reason = why_not_writable(folder)
+    data_dir = getattr(args, "data_dir", None)
+    reason = why_not_writable(data_dir) if data_dir else None
     if reason is not None:
-        raise ValueError(f"{flag} {value}: cannot write there ({reason}); choose a writable folder")
+        raise ValueError(f"--data_dir {data_dir}: cannot write there ({reason}); choose a writable folder")
+    complaint = unwritable_output("--json", args.json) if args.json else None
+    if complaint is not None:
+        raise ValueError(complaint)
 
 
 def write_json(path: str | None, payload: dict) -> None:

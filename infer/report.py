@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from src.writable import why_not_writable
+from src.writable import unwritable_output
 
 OUTPUT_FORMATS = (".csv", ".json")
 LATENCY_PERCENTILES = (50, 95, 99)
@@ -104,9 +104,9 @@ def check_writable_parent(path: str | os.PathLike, flag: str) -> None:
     parent = Path(path).resolve().parent
     if not parent.is_dir():
         raise OutputError(f"folder of {flag} does not exist: {parent}")
-    reason = why_not_writable(parent)
-    if reason is not None:
-        raise OutputError(f"cannot write {flag} {os.fspath(path)} ({reason}); choose a writable folder")
+    complaint = unwritable_output(flag, path)
+    if complaint is not None:
+        raise OutputError(complaint)
 
 
 def prediction_rows(

@@ -18,6 +18,16 @@ def ensure_writable_folder(folder: str | os.PathLike) -> None:
         pass
 
 
+def unwritable_output(flag: str, path: str | os.PathLike) -> str | None:
+    """The one-line complaint about the output file ``path`` given as ``flag``; None when it can be written."""
+    if Path(path).is_dir():
+        return f"{flag} {os.fspath(path)} is a folder; give a file name"
+    reason = why_not_writable(Path(os.path.abspath(path)).parent)
+    if reason is not None:
+        return f"{flag} {os.fspath(path)}: cannot write there ({reason}); choose a writable folder"
+    return None
+
+
 def why_not_writable(folder: str | os.PathLike) -> str | None:
     """None when ``folder`` can take files, else the reason (e.g. 'Permission denied')."""
     try:

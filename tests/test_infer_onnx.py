@@ -262,7 +262,7 @@ BAD = {
     "missing dataset": (["{onnx}", "{root}/nowhere"], "does not exist"),
     "bad output suffix": (["{onnx}", "{data}", "--output", "{root}/p.xml"], ".csv or .json"),
     "unwritable output folder": (["{onnx}", "{data}", "--output", "/sys/p.csv"],  # sysfs refuses even root
-                                 "cannot write --output /sys/p.csv"),
+                                 "--output /sys/p.csv: cannot write there (Permission denied)"),
     "missing logits folder": (["{onnx}", "{data}", "--save_logits", "{root}/nowhere/l.npy"],
                               "folder of --save_logits does not exist"),
     "zero batch": (["{onnx}", "{data}", "--batch_size", "0"], "--batch_size must be >= 1"),

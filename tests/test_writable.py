@@ -2,7 +2,7 @@
 
 import os
 
-from src.writable import why_not_writable
+from src.writable import unwritable_output, why_not_writable
 
 
 def test_creates_missing_folders_and_leaves_nothing_behind(tmp_path):
@@ -20,3 +20,11 @@ def test_a_file_in_the_way_is_named_as_the_reason(tmp_path):
 
 def test_a_folder_the_kernel_refuses_gives_its_reason():
     assert why_not_writable("/sys") == "Permission denied"  # sysfs refuses new files, even to root
+
+
+def test_unwritable_output_names_the_flag_and_the_reason(tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert unwritable_output("--out", tmp_path / "new" / "m.json") is None and (tmp_path / "new").is_dir()
+    assert unwritable_output("--out", tmp_path) == f"--out {tmp_path} is a folder; give a file name"
+    assert unwritable_output("--out", tmp_path / "f" / "m.json") == (
+        f"--out {tmp_path / 'f' / 'm.json'}: cannot write there (a file is in the way); choose a writable folder")
