@@ -12,9 +12,10 @@ from typing import Callable
 
 import torch
 
+from src.models import NETWORK_STRIDE
 from src.writable import unwritable_output, why_not_writable
 
-MIN_IMAGE_SIZE = 32  # the networks' total stride: a smaller input ends in a 1x1 feature map
+MIN_IMAGE_SIZE = NETWORK_STRIDE  # a smaller input ends in a 1x1 feature map
 
 
 def machine_info() -> dict:

@@ -33,7 +33,7 @@ from infer.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata
 from infer.session import create_session, physical_cores, session_options
 from src.config import read_yaml
 from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_published, load_trained
-from src.models import get_variant, load_pretrained
+from src.models import NETWORK_STRIDE, get_variant, load_pretrained
 from src.models.pretrained import PRETRAINED_TAG
 from src.preprocess import Preprocess
 
@@ -434,8 +434,9 @@ def export_source(
     if (width or size) != (height or size):
         raise ExportError(f"--width {width} and --height {height} differ; the eval preprocessing is a "
                           "square centre crop, so export a square input")
-    if size < 32:
-        raise ExportError(f"input size {size} is too small; EfficientNet downsamples 32x (use >= 32)")
+    if size < NETWORK_STRIDE:
+        raise ExportError(f"input size {size} is too small; EfficientNet downsamples {NETWORK_STRIDE}x "
+                          f"(use >= {NETWORK_STRIDE})")
     if batch_size is not None and batch_size < 1:
         raise ExportError(f"--batch_size must be >= 1, got {batch_size}")
     if file_format == "ONNX":

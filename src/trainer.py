@@ -49,7 +49,7 @@ from src.host_memory import reuse_freed_memory
 from src.loss import build_loss
 from src.lr_generator import LRSchedule
 from src.mixup import mix_batch
-from src.models import build_model, get_variant, load_pretrained
+from src.models import NETWORK_STRIDE, build_model, get_variant, load_pretrained
 from src.model_loading import apply_eval_overrides
 from src.monitor import EarlyStopping, TrainMonitor, format_lr
 from src.optimizer import build_optimizer
@@ -66,7 +66,6 @@ RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
 # Test hook: every rank writes hashes of its final weights to this folder (bitwise-equality test).
 DUMP_WEIGHTS_ENV = "EFFNET_DUMP_RANK_WEIGHTS"
 EMPTY_BATCH_STAND_IN = 2  # images in the zero-weight batch a rank runs when all its images were unreadable
-NETWORK_STRIDE = 32  # every variant's last feature map is 1x1 for crops of up to 32 px
 
 
 class TrainInputError(ValueError):

@@ -1,5 +1,6 @@
 """EfficientNet B0–B7 and V2-S/M/L, weight-compatible with torchvision."""
 from .effnet import (
+    NETWORK_STRIDE,
     VARIANTS,
     EfficientNet,
     Stage,
@@ -11,6 +12,7 @@ from .effnet import (
 from .pretrained import WeightMismatchError, check_fits, load_pretrained, read_state_dict
 
 __all__ = [
+    "NETWORK_STRIDE",
     "VARIANTS",
     "EfficientNet",
     "Stage",

@@ -26,6 +26,7 @@ BN_EPS_TORCH = 1e-5  # PyTorch's default, used by torchvision's B0–B4 weights
 BN_EPS_TF = 1e-3  # TensorFlow's, used by the ported B5–B7 and by all V2 weights
 BN_MOMENTUM_TORCH = 0.1
 BN_MOMENTUM_TF = 0.01  # TF's decay 0.99 in PyTorch's convention (1 - decay)
+NETWORK_STRIDE = 32  # stem + four stride-2 stages: inputs up to 32 px end in a 1x1 feature map
 DROP_PATH_RATE = 0.2  # stochastic depth survival falls linearly to 0.8 at the last block
 
 
