@@ -28,6 +28,7 @@ from src.checkpoint import CheckpointError
 from src.config import Config, ConfigError, read_yaml
 from src.dataset import (
     ArrayImageDataset, ImageFolderDataset, ShardedEvalSampler, collate_skip_broken, detect_cifar, load_cifar_split,
+    one_line_broken_image_warnings,
 )
 from src.distributed import DistInfo, DistributedError, cleanup, init_distributed
 from src.evaluate import AMP_DTYPES, EvalResult, evaluate, format_result_line, format_summary, write_confusion_csv
@@ -360,6 +361,7 @@ def run(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 on success, 2 with one ``error:`` line on bad input."""
+    one_line_broken_image_warnings()
     try:
         return run(argv)
     except (EvalInputError, ModelLoadError, CheckpointError, DatasetError, WeightMismatchError, ConfigError,

@@ -21,6 +21,7 @@ from typing import Sequence
 
 from src.checkpoint import CheckpointError, CheckpointWriteError
 from src.config import ConfigError, load_config
+from src.dataset import one_line_broken_image_warnings
 from src.distributed import DistributedError
 from src.models import WeightMismatchError
 from src.preprocess import DatasetError
@@ -43,6 +44,7 @@ def _error(message: object, status: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    one_line_broken_image_warnings()
     args = list(sys.argv[1:] if argv is None else argv)
     check_only = "--check" in args
     args = [a for a in args if a != "--check"]

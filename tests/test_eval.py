@@ -527,6 +527,18 @@ def test_bad_input_in_a_real_process_and_under_device_num_has_no_traceback(files
     assert proc.stderr.startswith("error: ") and "does not fit efficientnet_b3" in proc.stderr
 
 
+def test_unreadable_images_are_one_warning_line_each_in_a_real_process(bad_inputs):
+    proc = subprocess.run([sys.executable, "eval.py", "--checkpoint_path", str(bad_inputs["ckpt"]), "--dataset_path",
+                           str(bad_inputs["tmp"] / "broken"), *FAST], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    broken = bad_inputs["tmp"] / "broken" / class_name(0)
+    assert proc.returncode == 2
+    skipped = [f"warning: skipping unreadable image {broken / name}: UnidentifiedImageError: cannot identify "
+               f"image file '{broken / name}'" for name in ("bad0.jpg", "bad1.jpg")]
+    assert proc.stderr.splitlines() == [
+        *skipped, "error: none of the 2 images in " + str(bad_inputs["tmp"] / "broken") + " could be read"]
+
+
 # ---------------------------------------------------------------- run_eval.sh arguments
 @pytest.mark.parametrize("args,env,expected", [
     ([], {}, "expected DATA_DIR and CHECKPOINT_PATH, got 0"),
