@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the config's, else GPU when CUDA is available, else CPU")
     add("--batch_size", type=int, metavar="N", help=f"images per batch per process (default {DEFAULT_BATCH_SIZE})")
     add("--num_workers", type=int, metavar="N", help="data loader processes per process")
-    add("--use_ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    add("--use_ema", nargs="?", const="true", type=str.lower, choices=("true", "false"),
+        help="true: the checkpoint's EMA weights, false: its raw weights (default: EMA when it has them, "
+             "the weights its best was chosen by)")
     add("--pretrained", nargs="?", const=IMAGENET, metavar="imagenet|PATH",
         help="torchvision's ImageNet weights for --model (downloaded once), or a local weight file")
     add("--output_json", metavar="PATH", help="write all metrics (per class too) to this JSON file")
@@ -106,7 +108,7 @@ class Settings:
     device_target: str
     batch_size: int
     num_workers: int
-    use_ema: bool
+    use_ema: bool | None  # None: the EMA when the checkpoint has one
     amp: str
     channels_last: bool
     class_num: int | None
@@ -150,7 +152,7 @@ def merge_settings(args: argparse.Namespace) -> Settings:
                     model=pick("model"),
                     model_origin="--model" if args.model else "config key 'model'", pretrained=args.pretrained,
                     device_target=device_target, batch_size=int(batch_size),
-                    num_workers=int(num_workers), use_ema=args.use_ema, amp=pick("amp", "none"),
+                    num_workers=int(num_workers), use_ema=None if args.use_ema is None else args.use_ema == "true", amp=pick("amp", "none"),
                     channels_last=True if channels_last is None else channels_last,
                     class_num=cfg.get("class_num") or None, config=cfg, args=args)
 
@@ -298,7 +300,7 @@ def report(result: EvalResult, loaded: LoadedModel, classes: list[str], pre: Pre
         print(f"warning: {result.broken} unreadable images were not scored (e.g. {shown})", file=sys.stderr)
     if s.args.output_json:
         payload = {**result.to_dict(classes), "checkpoint": loaded.source, "model": loaded.name,
-                   "num_classes": loaded.num_classes, "use_ema": s.use_ema, "preprocess": pre.to_dict(),
+                   "num_classes": loaded.num_classes, "use_ema": loaded.use_ema, "preprocess": pre.to_dict(),
                    "dataset": str(folder), "world_size": info.world_size, "device": str(info.device)}
         path = Path(s.args.output_json)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -341,7 +343,9 @@ def run(argv: Sequence[str] | None) -> int:
         reuse_freed_memory()
     try:
         if info.is_main:
-            print(f"evaluating {loaded.name} ({loaded.num_classes} classes{', EMA weights' if s.use_ema else ''}) "
+            if loaded.weights_note:
+                print(loaded.weights_note, flush=True)
+            print(f"evaluating {loaded.name} ({loaded.num_classes} classes{', EMA weights' if loaded.use_ema else ''}) "
                   f"on {data.describe()}; "
                   f"resize {pre.resize} -> crop {pre.crop} {pre.interpolation}, batch {s.batch_size} x "
                   f"{info.world_size} process(es), device {info.device}", flush=True)

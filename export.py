@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="variant, e.g. efficientnet_b0 (read from train.py checkpoints)")
     src.add_argument("--config", help="YAML: model, checkpoint_path, eval_resize/eval_crop/interpolation/"
                                       "normalization, class_num")
-    src.add_argument("--use_ema", action="store_true", help="export the checkpoint's EMA weights")
+    src.add_argument("--use_ema", nargs="?", const="true", type=str.lower, choices=("true", "false"),
+                     help="true: the checkpoint's EMA weights, false: its raw weights (default: EMA when "
+                          "it has them, the weights its best was chosen by)")
     out = p.add_argument_group("output")
     out.add_argument("--file_name", help="output name without suffix (default: the model name)")
     out.add_argument("--file_format", type=_format, default="ONNX", help="ONNX (default) or TORCHSCRIPT (.pt)")
@@ -113,7 +115,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     check_args(args)
-    source = load_source(args.checkpoint_path, args.model, args.pretrained, args.config, args.use_ema)
+    use_ema = None if args.use_ema is None else args.use_ema == "true"
+    source = load_source(args.checkpoint_path, args.model, args.pretrained, args.config, use_ema)
+    if source.weights_note:
+        print(source.weights_note, flush=True)
     file_name = args.file_name or source.model_name
     result = export_source(source, file_name, args.file_format, args.width, args.height, args.batch_size,
                            args.opset, args.fp16, count_ops=not args.no_op_counts)

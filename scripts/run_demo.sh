@@ -28,13 +28,9 @@ if [ ! -f "$CKPT" ]; then  # no validation set: the newest periodic checkpoint
   CKPT=$(ls -t "$RUN_DIR"/efficientnet_b0-*_*.pth | head -n 1)
 fi
 
-# With EMA on, the best checkpoint was chosen by its EMA weights: evaluate those.
-EMA_FLAG=$("$PYTHON" -c '
-import sys, torch
-print("--use_ema" if torch.load(sys.argv[1], map_location="cpu", weights_only=True).get("ema") else "")' "$CKPT")
-
-echo "== evaluate $CKPT${EMA_FLAG:+ (EMA weights)} on $DATA/val"
-"$PYTHON" "$ROOT/eval.py" --config "$CONFIG" --checkpoint_path "$CKPT" --dataset_path "$DATA" $EMA_FLAG \
+# eval.py and export.py use the EMA weights when the checkpoint has them (its best was chosen by them).
+echo "== evaluate $CKPT on $DATA/val"
+"$PYTHON" "$ROOT/eval.py" --config "$CONFIG" --checkpoint_path "$CKPT" --dataset_path "$DATA" \
   --output_json "$RUN_DIR/eval.json"
 
 ACCURACY=$("$PYTHON" -c '
@@ -43,7 +39,7 @@ r = json.load(open(sys.argv[1]))
 print("%.2f%% (%d/%d)" % (r["Top_1_Acc"] * 100, r["correct_top1"], r["images"]))' "$RUN_DIR/eval.json")
 
 echo "== export $CKPT to ONNX"
-"$PYTHON" "$ROOT/export.py" --checkpoint_path "$CKPT" --file_name "$RUN_DIR/digits" --no_op_counts $EMA_FLAG
+"$PYTHON" "$ROOT/export.py" --checkpoint_path "$CKPT" --file_name "$RUN_DIR/digits" --no_op_counts
 
 echo "== ONNX Runtime on $DATA/val"
 "$PYTHON" "$ROOT/infer/infer_onnx.py" "$RUN_DIR/digits.onnx" "$DATA" --device_target CPU | tee "$RUN_DIR/infer.log"

@@ -1,7 +1,7 @@
 """Mixed precision for the training step: autocast and the three ways of scaling the loss.
 
 * ``--amp bf16``: autocast to bfloat16 (CPU and recent GPUs); bf16 has fp32's exponent range,
-  so no loss scaling is needed.
+  so no loss scaling is needed; a step whose gradients are not finite is skipped (as in fp32).
 * ``--amp fp16`` with ``loss_scale 0``: torch's dynamic GradScaler (halve the scale and skip
   the step on overflow, grow it after a run of good steps).
 * ``--amp fp16`` with ``loss_scale S > 0``: the ModelZoo's static scale -- multiply the loss
@@ -53,7 +53,13 @@ class NoScaler:
         """Gradients are already true gradients."""
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Apply the optimizer step; False when it was skipped because gradients overflowed."""
+        """Apply the optimizer step; False (nothing applied) when a gradient is inf/NaN.
+
+        A finite loss can still give non-finite gradients (a bf16 overflow in backward, a bad
+        custom layer); applying them would write NaN into every weight the optimizer touches.
+        """
+        if not grads_finite(optimizer):
+            return False
         optimizer.step()
         return True
 

@@ -51,6 +51,8 @@ class LoadedModel:
     classes: list[str] | None  # names in the model's output order, when the checkpoint has them
     preprocess: Preprocess | None  # the checkpoint's own eval preprocessing, when it has one
     source: str  # the file path, or "torchvision NAME IMAGENET1K_V1"; for messages and reports
+    use_ema: bool = False  # the checkpoint's EMA weights were loaded (not its raw "model")
+    weights_note: str | None = None  # one line saying which weights of a checkpoint were loaded, and why
 
 
 def variant_name(name: str | None, why: str) -> str:
@@ -94,22 +96,37 @@ def _saved_preprocess(entry: object, path: str) -> Preprocess | None:
         raise ModelLoadError(f"{path} has an unusable 'preprocess' entry: {exc}") from None
 
 
+def choose_ema(obj: dict, use_ema: bool | None, path: str) -> tuple[bool, str | None]:
+    """(load the EMA weights?, the line that says so). ``use_ema`` None = the weights the checkpoint's
+    best was chosen by: train.py validates the EMA last and keeps its top-1 as the metric, so a
+    checkpoint with EMA weights was judged by them."""
+    has_ema = obj.get("ema") is not None
+    if use_ema and not has_ema:
+        raise ModelLoadError(f"{path} has no EMA weights (trained without ema_decay); drop --use_ema")
+    if not has_ema:
+        return False, None
+    if use_ema is None:
+        return True, ("weights: EMA (the checkpoint's best was chosen by the EMA's top-1; "
+                      "--use_ema false for the raw weights)")
+    return use_ema, f"weights: {'EMA' if use_ema else 'raw (not the EMA)'}, as --use_ema asks"
+
+
 def load_trained(
     path: str,
     model_name: str | None = None,
-    use_ema: bool = False,
+    use_ema: bool | None = None,
     model_origin: str = "--model",
     class_num: int | None = None,
 ) -> LoadedModel:
     """A train.py checkpoint (self-describing) or a plain state_dict (needs ``model_name``).
 
+    ``use_ema`` None loads the EMA weights when the checkpoint has them (see choose_ema).
     ``model_origin`` names where ``model_name`` came from ("--model", "config key 'model'") so a
     clash with the checkpoint's own name tells the user what to drop.
     """
     path = str(path)
     obj = load_checkpoint(path)  # CheckpointError: missing, unsafe, corrupt
-    if use_ema and obj.get("ema") is None:
-        raise ModelLoadError(f"{path} has no EMA weights (trained without ema_decay); drop --use_ema")
+    use_ema, weights_note = choose_ema(obj, use_ema, path)
     state = extract_state_dict(obj, use_ema=use_ema)
     saved = obj.get("model_name") if isinstance(obj.get("model_name"), str) else None
     if saved and model_name and model_name != saved:
@@ -124,7 +141,7 @@ def load_trained(
                              f"{num_classes} outputs")
     preprocess = _saved_preprocess(obj.get("preprocess"), path) if saved else None
     return LoadedModel(_build(name, state, num_classes, path), name, num_classes,
-                       [str(c) for c in classes] if classes else None, preprocess, path)
+                       [str(c) for c in classes] if classes else None, preprocess, path, use_ema, weights_note)
 
 
 def load_published(

@@ -67,6 +67,7 @@ class ExportSource:
     classes: list[str] | None
     preprocess: Preprocess
     origin: str
+    weights_note: str | None = None  # which weights of a checkpoint (EMA or raw), when it has both
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def load_source(
     model_name: str | None = None,
     pretrained: str | None = None,
     config_path: str | None = None,
-    use_ema: bool = False,
+    use_ema: bool | None = None,
 ) -> ExportSource:
     """The model to export, from a train.py checkpoint, a plain state_dict (+ model name), or
     torchvision weights (``pretrained='imagenet'`` or a path). A YAML ``config_path`` supplies
@@ -121,7 +122,8 @@ def load_source(
     classes = loaded.classes
     if classes is None and str(pretrained) in PUBLISHED_WEIGHTS:
         classes = imagenet_categories(loaded.name)
-    return ExportSource(loaded.model, loaded.name, loaded.num_classes, classes, pre, loaded.source)
+    return ExportSource(loaded.model, loaded.name, loaded.num_classes, classes, pre, loaded.source,
+                        loaded.weights_note)
 
 
 # --------------------------------------------------------------------------------------------

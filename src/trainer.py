@@ -94,6 +94,7 @@ class Progress:
     best_epoch: int | None = None  # 1-based epoch of the best validation
     nonfinite_streak: int = 0
     nonfinite_total: int = 0
+    overflow_total: int = 0  # steps not applied because a gradient was inf/NaN (fp16 scale search included)
     broken_total: int = 0
     last_val: dict[str, float] = field(default_factory=dict)
     last_checkpoint: str | None = None
@@ -155,6 +156,7 @@ class TrainResult:
     best_checkpoint: str | None
     nonfinite_total: int
     broken_total: int
+    overflow_total: int = 0
 
 
 def _is_main_launch() -> bool:
@@ -469,6 +471,8 @@ def optimizer_step(run: Run, loss: torch.Tensor) -> bool:
         nn.utils.clip_grad_norm_([q for q in run.model.parameters() if q.grad is not None], cfg.grad_clip)
     applied = run.scaler.step(run.optimizer)
     run.optimizer.zero_grad(set_to_none=True)
+    if not applied:
+        p.overflow_total += 1
     if applied and run.ema is not None:
         run.ema.update(run.model)
     return applied
@@ -575,7 +579,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "ema": run.ema.state_dict() if run.ema is not None else None, "scaler": run.scaler.state_dict(),
         "rng": rng_state(), "rng_per_rank": gather_rng_states(run), "best_metric": p.best_metric,
         "best_epoch": p.best_epoch, "best_checkpoint": p.best_checkpoint, "early_stop": early,
-        "nonfinite_total": p.nonfinite_total, "broken_total": p.broken_total,
+        "nonfinite_total": p.nonfinite_total, "overflow_total": p.overflow_total, "broken_total": p.broken_total,
     }
 
 
@@ -622,6 +626,7 @@ def restore(run: Run, ckpt: dict) -> None:
     p.best_metric, p.best_epoch = ckpt.get("best_metric"), ckpt.get("best_epoch")
     p.best_checkpoint = ckpt.get("best_checkpoint")
     p.nonfinite_total, p.broken_total = int(ckpt.get("nonfinite_total", 0)), int(ckpt.get("broken_total", 0))
+    p.overflow_total = int(ckpt.get("overflow_total", 0))
     p.last_checkpoint = str(path)
     _restore_rng(run, ckpt)
     run.log(f"resumed from {path}: {p.epoch} epochs + {p.step_in_epoch} steps done, global step {p.global_step}, "
@@ -676,7 +681,7 @@ def train(run: Run) -> TrainResult:
     run.loader = run.val_loader = None  # stop persistent workers before the process group goes
     run.monitor.close()
     return TrainResult(run.run_dir, p.epoch, p.global_step, p.best_metric, p.best_epoch, dict(p.last_val),
-                       p.last_checkpoint, p.best_checkpoint, p.nonfinite_total, p.broken_total)
+                       p.last_checkpoint, p.best_checkpoint, p.nonfinite_total, p.broken_total, p.overflow_total)
 
 
 def report(run: Run, result: TrainResult) -> None:
@@ -694,8 +699,12 @@ def report(run: Run, result: TrainResult) -> None:
         run.log(f"best top-1 {result.best_metric:.5f} after epoch {result.best_epoch}{where}")
     if result.last_checkpoint:
         run.log(f"last checkpoint: {result.last_checkpoint}")
-    if result.nonfinite_total or result.broken_total:
-        run.log(f"skipped: {result.nonfinite_total} non-finite steps, {result.broken_total} unreadable images")
+    if result.nonfinite_total or result.overflow_total or result.broken_total:
+        line = f"skipped: {result.nonfinite_total} non-finite steps, {result.broken_total} unreadable images"
+        if result.overflow_total:
+            line += (f"; {result.overflow_total} steps not applied for non-finite gradients "
+                     "(with fp16 this includes the loss-scale search)")
+        run.log(line)
     run.log(f"run folder: {result.run_dir}")
 
 

@@ -309,7 +309,8 @@ def test_use_ema_evaluates_the_ema_weights(files, tmp_path, capsys):
     only_ema = tmp_path / "ema_as_model.pth"
     torch.save(_train_checkpoint(ema), only_ema)
     runs = {}
-    for name, argv in {"ema": ["--checkpoint_path", both, "--use_ema"], "model": ["--checkpoint_path", both],
+    for name, argv in {"ema": ["--checkpoint_path", both, "--use_ema"], "default": ["--checkpoint_path", both],
+                       "model": ["--checkpoint_path", both, "--use_ema", "false"],
                        "reference": ["--checkpoint_path", only_ema]}.items():
         code, out, err = _run_main(capsys, [*argv, "--dataset_path", files["root"], *FAST,
                                             "--output_json", tmp_path / f"{name}.json"])
@@ -318,6 +319,9 @@ def test_use_ema_evaluates_the_ema_weights(files, tmp_path, capsys):
     assert runs["ema"]["per_class"] == runs["reference"]["per_class"]
     assert runs["ema"]["Loss"] == pytest.approx(runs["reference"]["Loss"], rel=1e-6)
     assert runs["ema"]["Loss"] != pytest.approx(runs["model"]["Loss"], rel=1e-3)
+    # The default is the weights the checkpoint's best was chosen by: the EMA when there is one.
+    assert runs["default"]["per_class"] == runs["ema"]["per_class"] and runs["default"]["use_ema"] is True
+    assert runs["model"]["use_ema"] is False
 
 
 # ---------------------------------------------------------------- eval.py vs the ONNX runner
