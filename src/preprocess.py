@@ -8,11 +8,17 @@ which is always antialiased), then centre-crop, padding with zeros when the crop
 Decoding (`load_rgb`) turns every file into a 3-channel 8-bit RGB image: EXIF orientation is
 honoured, alpha is composited onto `ALPHA_BACKGROUND`, 16-bit and float images are scaled from
 their nominal range. Any decode failure raises `UnreadableImage` naming the file.
+
+Hostile files are unreadable too, before any large allocation: a header claiming more than
+`MAX_IMAGE_PIXELS` (a "decompression bomb": a few hundred bytes claiming 100,000 x 100,000 pixels
+would need 30 GB), and PNG text chunks over Pillow's limits (`PngImagePlugin.MAX_TEXT_CHUNK`,
+1 MiB decompressed per chunk, and `MAX_TEXT_MEMORY`, 64 MiB in all), which Pillow reports as ValueError.
 """
 from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "ALPHA_BACKGROUND", "DRAFT_SAFETY", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "MAX_IMAGE_SIZE",
+    "ALPHA_BACKGROUND", "DRAFT_SAFETY", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "MAX_IMAGE_PIXELS", "MAX_IMAGE_SIZE",
     "DatasetError", "Preprocess", "UnreadableImage",
     "apply_draft", "center_crop_box", "decode_rgb", "draft_factor", "eval_image",
     "exif_orientation", "is_image_file", "list_class_folders", "load_rgb", "normalize_batch",
@@ -55,6 +61,17 @@ DRAFT_FACTORS: tuple[int, ...] = (8, 4, 2)
 
 # Largest resize/crop side accepted anywhere (8x B7's 600 px): beyond it a typo, not a model input.
 MAX_IMAGE_SIZE = 8192
+
+# Largest image (width x height, as its header claims) decoded anywhere: 100 megapixels, 300 MB as
+# RGB, above Pillow's default (89.5 MP) so no photo Pillow accepts is lost. Pillow only warns between
+# 1x and 2x its limit and raises above 2x; the project treats everything above the limit as unreadable:
+# `open_image` checks the header size itself, and Pillow's warning (also raised by GIF frames and TIFF
+# tiles while decoding) is turned into an error that the decoders report as UnreadableImage.
+MAX_IMAGE_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+                  Image.DecompressionBombWarning)
 
 EXIF_ORIENTATION_TAG = 0x0112
 # EXIF orientation -> Pillow transpose that makes the image upright (EXIF 2.3 spec, tag 274).
@@ -151,11 +168,20 @@ class Preprocess:
 # Decoding
 # --------------------------------------------------------------------------------------------
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """Open lazily: reads the header (size, mode, EXIF) without decoding pixels."""
+    """Open lazily: reads the header (size, mode, EXIF) without decoding pixels.
+
+    A header claiming more than MAX_IMAGE_PIXELS is unreadable even where a caller's warning filters
+    (e.g. ``-W always``) keep Pillow's DecompressionBombWarning a warning."""
     try:
-        return Image.open(path)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        img = Image.open(path)
+    except _DECODE_ERRORS as e:
         raise UnreadableImage(path, f"{type(e).__name__}: {e}") from e
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        img.close()
+        raise UnreadableImage(path, f"{width} x {height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
+                                    "(src.preprocess.MAX_IMAGE_PIXELS; a decompression bomb?)")
+    return img
 
 
 def exif_orientation(img: Image.Image) -> int:
@@ -204,7 +230,7 @@ def decode_rgb(img: Image.Image, path: str | os.PathLike | None = None) -> Image
         if orientation in _ORIENTATION_TRANSPOSE:
             img = img.transpose(_ORIENTATION_TRANSPOSE[orientation])
         return to_rgb(img)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+    except _DECODE_ERRORS as e:
         if isinstance(e, UnreadableImage):
             raise
         raise UnreadableImage(path, f"{type(e).__name__}: {e}") from e
