@@ -104,7 +104,7 @@ class Config:
 
     # --- model and data ---
     model: str = _key("efficientnet_b0", "str", "network variant", choices=MODEL_NAMES)
-    class_num: int | None = _nonneg_int(1000, "number of classes; 0 or null = number of class folders", nullable=True)
+    class_num: int | None = _nonneg_int(None, "number of classes; 0 or null = number of class folders", nullable=True)
     dataset: str = _key("folder", "str", "dataset type: image folders or torchvision CIFAR",
                         choices=("folder", "cifar10", "cifar100"))
     dataset_path: str | None = _key(None, "str", "dataset root (train/ and val/ class folders) or CIFAR download dir",
@@ -119,12 +119,14 @@ class Config:
                                      choices=("bilinear", "bicubic"), nullable=True)
     normalization: str = _key("variant", "str", "input normalisation; inception = [-1, 1] (mean = std = 0.5)",
                               choices=("variant", "imagenet", "inception"))
-    batch_size: int = _pos_int(128, "training batch size per device")
+    batch_size: int = _pos_int(128, "training batch size per device (unset: smaller when the data has fewer images)")
     eval_batch_size: int | None = _pos_int(None, "evaluation batch size per device; null = batch_size", nullable=True)
-    epoch_size: int = _pos_int(350, "number of training epochs")
-    num_workers: int = _nonneg_int(8, "data loader worker processes per device")
+    epoch_size: int = _pos_int(30, "number of training epochs (the ImageNet recipes in configs/ set 350)")
+    num_workers: int | None = _nonneg_int(None, "data loader worker processes per device; null = min(8, CPUs per "
+                                                "process)", nullable=True)
     seed: int = _nonneg_int(1, "random seed (per-rank offsets are added)", high=MAX_SEED)
-    device_target: str = _key("GPU", "str", "device to run on", choices=("GPU", "CPU"))
+    device_target: str | None = _key(None, "str", "device to run on; null = GPU when CUDA is available, else CPU",
+                                     choices=("GPU", "CPU"), nullable=True)
 
     # --- optimiser ---
     opt: str = _key("rmsprop", "str", "optimizer; rmsprop is TensorFlow-style (eps inside sqrt)",
@@ -137,11 +139,13 @@ class Config:
     nesterov: bool = _key(True, "bool", "Nesterov momentum (sgd only)")
 
     # --- learning rate ---
-    lr_init: float = _key(7e-5, "float", "learning rate at the start of warmup", low=0)
-    lr_max: float = _key(0.092, "float", "peak learning rate after warmup", low=0, low_open=True)
-    lr_end: float = _key(7e-6, "float", "final learning rate (floor of the decay)", low=0)
-    warmup_epochs: float = _key(2.0, "float", "linear warmup length in epochs", low=0)
-    lr_decay_mode: str = _key("linear", "str", "per-step decay after warmup ('liner' = linear, ModelZoo spelling)",
+    # Defaults: a from-scratch run on your own folder (TF-RMSProp at batch 128, measured on the digits
+    # demo); the ImageNet recipes in configs/ set their own (e.g. lr_max 0.092 at 8 x 128).
+    lr_init: float = _key(1e-4, "float", "learning rate at the start of warmup", low=0)
+    lr_max: float = _key(1e-3, "float", "peak learning rate after warmup", low=0, low_open=True)
+    lr_end: float = _key(1e-5, "float", "final learning rate (floor of the decay)", low=0)
+    warmup_epochs: float = _key(3.0, "float", "linear warmup length in epochs", low=0)
+    lr_decay_mode: str = _key("cosine", "str", "per-step decay after warmup ('liner' = linear, ModelZoo spelling)",
                               choices=LR_DECAY_MODES)
     lr_decay_rate: float = _key(0.97, "float", "exponential: multiply the LR by this every lr_decay_epochs",
                                 low=0, low_open=True, high=1)
@@ -170,7 +174,10 @@ class Config:
     save_checkpoint_epochs: int = _pos_int(1, "save every N epochs")
     save_checkpoint_steps: int = _nonneg_int(0, "also save every N steps; 0 = off")
     keep_checkpoint_max: int = _pos_int(5, "keep the newest N periodic checkpoints")
-    save_checkpoint_path: str = _key("./checkpoint", "str", "run folder: checkpoints, logs, metrics")
+    save_checkpoint_path: str = _key("./runs", "str", "on the command line: the run folder itself; else (default, "
+                                     "YAML) where a new <model>_<date>_<time> run folder is made")
+    overwrite: bool = _key(False, "bool", "reuse a --save_checkpoint_path folder holding another run (its run "
+                                          "files are deleted first)")
     resume: str | None = _key(None, "str", "checkpoint to resume from (weights, optimizer, LR, EMA, RNG)", nullable=True)
     checkpoint_path: str | None = _key(None, "str", "checkpoint to evaluate / export / start from (weights only)",
                                        nullable=True)
@@ -215,6 +222,8 @@ class Config:
                                     choices=("nccl", "gloo"), nullable=True)
 
     explicit: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    command_line: set[str] = field(default_factory=set, init=False, repr=False, compare=False)  # keys given as flags
+    run_dir: str | None = field(default=None, init=False, repr=False, compare=False)  # resolved by train.py
 
     def __post_init__(self) -> None:
         self.validate()
@@ -491,6 +500,7 @@ def load_config(argv: list[str] | None = None, defaults_file: str | Path | None 
     values.update(overrides)
     cfg = Config(**values)
     cfg.explicit = set(values)
+    cfg.command_line = set(overrides)
     return cfg
 
 

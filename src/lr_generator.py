@@ -161,6 +161,12 @@ class LRSchedule:
 
     Pure function of the global optimizer step (plus, for 'plateau', the validation history kept in
     state_dict), so a resumed run continues at exactly the LR it stopped at.
+
+    Extending (or shortening) a run on resume (``--resume CKPT --epoch_size N``) stretches the rest
+    of the schedule: from the resumed epoch e0 the original schedule's remainder [e0, E_old] is
+    mapped linearly onto [e0, N], so the LR goes on from where it was and reaches lr_end at epoch N
+    (a run that had already ended keeps its final LR for the added epochs). The stretches are part
+    of state_dict, so resuming the extended run again is exact.
     """
 
     def __init__(self, *, scheduler: str, lr_init: float, lr_max: float, lr_end: float, warmup_epochs: float,
@@ -175,7 +181,10 @@ class LRSchedule:
         self.scheduler = scheduler
         self.lr_init, self.lr_max, self.lr_end = lr_init, lr_max, lr_end
         self.steps_per_epoch = steps_per_epoch
+        self.total_epochs = total_epochs
         self.total_steps = total_epochs * steps_per_epoch
+        self.base_total_epochs = total_epochs  # the schedule's own length, before any stretch
+        self.stretches: list[tuple[float, float, float]] = []  # (from epoch, old total, new total)
         self.warmup_steps = _warmup_steps(warmup_epochs, steps_per_epoch)
         self.mode_kwargs = mode_kwargs
         self.restart_epochs, self.restart_mult = restart_epochs, restart_mult
@@ -196,10 +205,11 @@ class LRSchedule:
 
     def lr_at(self, global_step: int) -> float:
         """LR for optimizer step ``global_step`` (0-based); steps past the end keep the last value."""
-        step = min(max(int(global_step), 0), self.total_steps - 1)
+        step = self._unstretched(min(max(int(global_step), 0), self.total_steps - 1))
         if step < self.warmup_steps or self.scheduler == "step":
+            base_steps = self.base_total_epochs * self.steps_per_epoch
             return float(_lr_for_steps(np.array([step]), self.lr_init, self.lr_end, self.lr_max, self.warmup_steps,
-                                       self.total_steps, self.steps_per_epoch, self.mode, **self.mode_kwargs)[0])
+                                       base_steps, self.steps_per_epoch, self.mode, **self.mode_kwargs)[0])
         if self.scheduler == "plateau":
             return self.plateau.lr
         epochs_after_warmup = (step - self.warmup_steps) / self.steps_per_epoch
@@ -210,11 +220,36 @@ class LRSchedule:
         """Feed a validation metric (higher is better, e.g. top-1); True if the LR was reduced."""
         return self.plateau.step(metric) if self.scheduler == "plateau" else False
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self.scheduler, "plateau": self.plateau.state_dict()}
+    def _unstretched(self, step: int) -> float:
+        """The position in the original schedule of ``step`` of the (possibly stretched) run."""
+        if not self.stretches:
+            return step
+        epoch = step / self.steps_per_epoch
+        for start, old_total, new_total in reversed(self.stretches):
+            if epoch > start:
+                epoch = start + (epoch - start) * (old_total - start) / (new_total - start)
+        return epoch * self.steps_per_epoch
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def state_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler, "plateau": self.plateau.state_dict(), "total_epochs": self.total_epochs,
+                "base_total_epochs": self.base_total_epochs, "stretches": [list(s) for s in self.stretches]}
+
+    def load_state_dict(self, state: dict[str, Any], resume_epoch: float | None = None) -> str | None:
+        """Restore; when the saved run had another total_epochs, stretch the rest of the schedule from
+        ``resume_epoch`` (epochs done) to this run's length. Returns the line that says so, or None."""
         if state.get("scheduler") != self.scheduler:
             raise ValueError(f"LR state is for lr_scheduler {state.get('scheduler')!r}, "
                              f"this run uses {self.scheduler!r}")
         self.plateau.load_state_dict(state["plateau"])
+        saved_total = float(state.get("total_epochs", self.total_epochs))
+        self.base_total_epochs = float(state.get("base_total_epochs", saved_total))
+        self.stretches = [(float(a), float(b), float(c)) for a, b, c in state.get("stretches", [])]
+        if resume_epoch is None or saved_total == self.total_epochs or resume_epoch >= self.total_epochs:
+            return None
+        lr_then = self.lr_at(int(round(resume_epoch * self.steps_per_epoch)))
+        self.stretches.append((float(resume_epoch), saved_total, float(self.total_epochs)))
+        if resume_epoch >= saved_total:
+            return (f"epoch_size {saved_total:g} -> {self.total_epochs}: the schedule had ended; the added epochs "
+                    f"keep its final lr {lr_then:.3g}")
+        return (f"epoch_size {saved_total:g} -> {self.total_epochs}: the rest of the LR schedule (from epoch "
+                f"{resume_epoch:g}, lr {lr_then:.3g}) is stretched to end at epoch {self.total_epochs}")

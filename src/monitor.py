@@ -33,7 +33,7 @@ def format_lr(lr: float) -> str:
 def format_step_line(epoch: int, epochs: int, step: int, steps: int, loss: float, avg_loss: float,
                      ms_per_step: float, lr: float, img_per_s: float, data_share: float,
                      mem_gb: float | None = None) -> str:
-    """ModelZoo's per-step line (epoch 0-based, step 1-based within the epoch) plus img/s, data, mem."""
+    """ModelZoo's per-step line (epoch and step 1-based, as everywhere in the logs) plus img/s, data, mem."""
     line = (f"epoch: [{epoch:3d}/{epochs:3d}], step:[{step:5d}/{steps:5d}], "
             f"loss:[{loss:.3f}/{avg_loss:.3f}], time:[{ms_per_step:.1f}], lr:[{format_lr(lr)}], "
             f"img/s:[{img_per_s:.1f}], data:[{data_share * 100:.0f}%]")
@@ -133,9 +133,9 @@ class TrainMonitor:
         stats = {"ms_per_step": elapsed * MS_PER_S / self._window_steps, "img_per_s": self._window_images / elapsed,
                  "data_share": min(self._window_data / elapsed, 1.0)}
         mem_gb = torch.cuda.max_memory_allocated() / BYTES_PER_GB if self.show_memory else None
-        self.log(format_step_line(self.epoch, self.epochs, self.step_in_epoch, self.steps_per_epoch, loss,
+        self.log(format_step_line(self.epoch + 1, self.epochs, self.step_in_epoch, self.steps_per_epoch, loss,
                                   avg_loss, lr=lr, mem_gb=mem_gb, **stats))
-        self.record("step", epoch=self.epoch, step=self.step_in_epoch,
+        self.record("step", epoch=self.epoch + 1, step=self.step_in_epoch,
                     global_step=self.epoch * self.steps_per_epoch + self.step_in_epoch,
                     epoch_progress=self.epoch + self.step_in_epoch / self.steps_per_epoch,
                     loss=loss, avg_loss=avg_loss, lr=lr, mem_gb=mem_gb, **stats)
@@ -151,7 +151,7 @@ class TrainMonitor:
             self._bar = None
         epoch_ms = (time.perf_counter() - self._epoch_start) * MS_PER_S
         steps = max(self.step_in_epoch, 1)
-        summary = {"epoch": self.epoch, "epoch_time_ms": epoch_ms, "per_step_ms": epoch_ms / steps,
+        summary = {"epoch": self.epoch + 1, "epoch_time_ms": epoch_ms, "per_step_ms": epoch_ms / steps,
                    "avg_loss": _to_float(self._loss_sum) / steps,
                    "img_per_s": self._epoch_images / max(epoch_ms / MS_PER_S, 1e-9), "broken_images": broken_images}
         self.log(format_epoch_line(epoch_ms, summary["per_step_ms"], summary["avg_loss"], summary["img_per_s"],
@@ -161,9 +161,10 @@ class TrainMonitor:
 
     def log_val(self, epoch: int, top1: float, top5: float, loss: float | None = None,
                 tag: str | None = None) -> None:
-        """Validation after ``epoch`` (0-based); ``tag`` separates e.g. the EMA model ('ema')."""
-        self.log(format_val_line(epoch, self.epochs, top1, top5, loss, tag))
-        self.record("val", epoch=epoch, top1=top1, top5=top5, loss=loss, tag=tag)
+        """Validation after ``epoch`` (0-based index; logged and recorded 1-based like every epoch
+        number a user sees); ``tag`` separates e.g. the EMA model ('ema')."""
+        self.log(format_val_line(epoch + 1, self.epochs, top1, top5, loss, tag))
+        self.record("val", epoch=epoch + 1, top1=top1, top5=top5, loss=loss, tag=tag)
 
     def close(self) -> Path | None:
         """Finish the bar and draw curves.png from metrics.jsonl; returns its path (main only)."""

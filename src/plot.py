@@ -30,7 +30,7 @@ def read_curves(metrics_jsonl: str | Path) -> list[tuple[str, list[Series]]]:
     for rec in (r for r in records if r["type"] == "val" and r.get("top1") is not None):
         tag = rec.get("tag") or "model"
         _, xs, ys = top1.setdefault(tag, (tag, [], []))
-        xs.append(rec["epoch"] + 1)  # validation runs after the epoch completes
+        xs.append(rec["epoch"])  # 1-based: validation after epoch N sits at x = N, where its steps end
         ys.append(rec["top1"])
     return [("train loss", [("loss", progress, [r["loss"] for r in steps])]),
             ("val top-1", list(top1.values())),

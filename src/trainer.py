@@ -50,16 +50,18 @@ from src.loss import build_loss
 from src.lr_generator import LRSchedule
 from src.mixup import mix_batch
 from src.models import NETWORK_STRIDE, build_model, get_variant, load_pretrained
-from src.model_loading import apply_eval_overrides
+from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides
 from src.monitor import EarlyStopping, TrainMonitor, format_lr
 from src.optimizer import build_optimizer
 from src.preprocess import Preprocess
 from src.progressive import StageSettings, augment_config, set_dropout, stage_settings
 from src.sampler import EpochSampler, SeededDataset
 from src.transforms import build_eval_transform, build_train_transform, resolve_augment
-from src.writable import why_not_writable
+from src.run_dir import RunDirError, delete_run_files, resolve_run_dir
+from src.writable import why_not_creatable, why_not_writable
 
 CONFIG_FILE = "config.yaml"
+MAX_DEFAULT_WORKERS = 8  # DataLoader workers per process when num_workers is unset (and CPUs allow)
 FEW_IMAGES_WARNING = 500  # below this many training images, fine-tuning overfits easily
 # Keys of a resume checkpoint that must be present for an exact continuation.
 RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
@@ -197,6 +199,7 @@ def resolve_resume(cfg: Config) -> tuple[Config, dict | None]:
     if merged.model != ckpt.get("model_name", merged.model):
         raise CheckpointError(f"{cfg.resume} holds {ckpt.get('model_name')} weights, not {merged.model}")
     merged.explicit = set(ckpt["config"]) | set(cfg.explicit)  # resolved values: no automatic re-choice
+    merged.command_line = set(cfg.command_line)
     return merged, ckpt
 
 
@@ -303,6 +306,15 @@ def wrap_model(model: nn.Module, cfg: Config, info: DistInfo) -> tuple[nn.Module
     return train_model, ddp
 
 
+def _agreed_run_dir(cfg: Config, info: DistInfo) -> Path:
+    """Rank 0's run folder on every rank (a new folder's name holds rank 0's clock)."""
+    if info.distributed:
+        holder = [cfg.run_dir]
+        dist.broadcast_object_list(holder, src=0)
+        cfg.run_dir = holder[0]
+    return Path(str(cfg.run_dir))
+
+
 def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
     info = init_distributed(cfg.device_target, cfg.dist_backend)
     seed_everything(cfg.seed, info.rank)
@@ -315,7 +327,7 @@ def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
     model = build_network(cfg, num_classes, info, resuming=ckpt is not None)
     train_model, ddp = wrap_model(model, cfg, info)
     schedule = LRSchedule.from_config(cfg, steps, info.world_size)
-    run_dir = Path(cfg.save_checkpoint_path)
+    run_dir = _agreed_run_dir(cfg, info)
     run = Run(
         cfg=cfg, info=info, run_dir=run_dir, data=data, num_classes=num_classes, model=model,
         train_model=train_model, ddp=ddp,
@@ -379,7 +391,7 @@ def loader_for_epoch(run: Run, epoch: int) -> DataLoader:
     """The current loader, rebuilt (with the model's dropout) when a progressive stage begins."""
     stage = stage_settings(run.cfg, epoch, run.data.image_size)
     if run.loader is None or stage != run.stage:
-        if run.stage is not None and run.cfg.progressive:
+        if run.cfg.progressive:
             run.log(f"progressive stage {stage.index + 1}/{len(run.cfg.progressive)} from epoch {epoch + 1}: "
                     f"image_size {stage.image_size}, dropout {stage.dropout}, randaug_magnitude "
                     f"{stage.randaug_magnitude}, mixup {stage.mixup}")
@@ -606,10 +618,18 @@ def save_checkpoint(run: Run, epoch_tag: int, step_tag: int, periodic: bool = Tr
 def restore(run: Run, ckpt: dict) -> None:
     """Load every piece of state from a resume checkpoint into the built run."""
     p, path = run.progress, run.cfg.resume
+    p.epoch, p.step_in_epoch = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
+    if p.step_in_epoch and ckpt.get("steps_per_epoch") != run.steps_per_epoch:
+        run.log(f"warning: {path} was saved mid-epoch with {ckpt.get('steps_per_epoch')} steps per epoch, this run "
+                f"has {run.steps_per_epoch}; epoch {p.epoch + 1} restarts from its beginning")
+        p.step_in_epoch = 0
+    p.global_step = p.epoch * run.steps_per_epoch + p.step_in_epoch
+    lr_state = dict(ckpt["lr_state"])
+    lr_state.setdefault("total_epochs", ckpt["config"].get("epoch_size", run.cfg.epoch_size))  # older checkpoints
     try:
         run.model.load_state_dict(ckpt["model"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
-        run.schedule.load_state_dict(ckpt["lr_state"])
+        extended = run.schedule.load_state_dict(lr_state, resume_epoch=p.global_step / run.steps_per_epoch)
         if run.ema is not None and ckpt.get("ema") is not None:
             run.ema.load_state_dict(ckpt["ema"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
@@ -617,12 +637,6 @@ def restore(run: Run, ckpt: dict) -> None:
     run.scaler.load_state_dict(ckpt.get("scaler"))
     if run.early_stop is not None and ckpt.get("early_stop") is not None:
         run.early_stop.load_state_dict(ckpt["early_stop"])
-    p.epoch, p.step_in_epoch = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
-    if p.step_in_epoch and ckpt.get("steps_per_epoch") != run.steps_per_epoch:
-        run.log(f"warning: {path} was saved mid-epoch with {ckpt.get('steps_per_epoch')} steps per epoch, this run "
-                f"has {run.steps_per_epoch}; epoch {p.epoch + 1} restarts from its beginning")
-        p.step_in_epoch = 0
-    p.global_step = p.epoch * run.steps_per_epoch + p.step_in_epoch
     p.best_metric, p.best_epoch = ckpt.get("best_metric"), ckpt.get("best_epoch")
     p.best_checkpoint = ckpt.get("best_checkpoint")
     p.nonfinite_total, p.broken_total = int(ckpt.get("nonfinite_total", 0)), int(ckpt.get("broken_total", 0))
@@ -631,6 +645,8 @@ def restore(run: Run, ckpt: dict) -> None:
     _restore_rng(run, ckpt)
     run.log(f"resumed from {path}: {p.epoch} epochs + {p.step_in_epoch} steps done, global step {p.global_step}, "
             f"lr {format_lr(run.schedule.lr_at(p.global_step))}")
+    if extended:
+        run.log(f"note: {extended}")
 
 
 def _restore_rng(run: Run, ckpt: dict) -> None:
@@ -750,17 +766,25 @@ def fix_augment_preset(cfg: Config) -> None:
             cfg.explicit.add(item.name)
 
 
-def prepare(cfg: Config) -> tuple[Config, DataBundle, dict | None, list[str]]:
-    """Everything that can fail on bad input, before any process group or model exists."""
+def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, dict | None, list[str]]:
+    """Everything that can fail on bad input, before any process group or model exists.
+
+    Resolves the automatic choices (device, workers, classes, batch size, run folder) into ``cfg``
+    so the saved config.yaml and checkpoints hold what the run really used. ``check_only``
+    (``train.py --check``) creates no folder.
+    """
     cfg, ckpt = resolve_resume(cfg)
+    device_note = resolve_device(cfg)
     check_device(cfg)
     fix_augment_preset(cfg)
-    check_run_dir(Path(cfg.save_checkpoint_path))
+    run_dir = choose_run_dir(cfg, create=False)  # an occupied --save_checkpoint_path fails here, before the data
     if cfg.sync_bn and cfg.device_target == "CPU" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainInputError("--sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); drop it for CPU runs")
     data = load_data(cfg)
+    launch = launch_env(os.environ)
+    world = launch.world_size if launch else 1
     notes = [f"data: {len(data.train)} training images, {len(data.val) if data.val is not None else 0} validation "
-             f"images, {len(data.classes)} classes"]
+             f"images, {len(data.classes)} classes", device_note]
     if cfg.finetune_auto and ckpt is None:
         notes += apply_finetune_defaults(cfg, len(data.train))
     if len(data.train) < FEW_IMAGES_WARNING:
@@ -777,12 +801,69 @@ def prepare(cfg: Config) -> tuple[Config, DataBundle, dict | None, list[str]]:
     if cfg.freeze_backbone and not cfg.pretrained and ckpt is None:
         notes.append("warning: --freeze_backbone without --pretrained trains a classifier on random features")
     data.num_classes = resolve_num_classes(cfg, data.classes, notes)
+    fit_batch_to_data(cfg, len(data.train), world, notes)
     check_batch_for_batchnorm(cfg, data.image_size)
-    launch = launch_env(os.environ)
-    plan_epoch(len(data.train), cfg, launch.world_size if launch else 1)  # fails here, before any process group
+    plan_epoch(len(data.train), cfg, world)  # fails here, before any process group
     if ckpt is not None:
         check_resume_classes(ckpt, data.classes, str(cfg.resume))
+    if not check_only and _is_main_launch():
+        run_dir = choose_run_dir(cfg, create=True)
+    elif check_only:
+        reason = why_not_creatable(run_dir)
+        if reason is not None:
+            raise TrainInputError(f"the run folder {run_dir} cannot be created ({reason}); "
+                                  "choose a writable --save_checkpoint_path")
+    cfg.run_dir = str(run_dir)
+    cfg.save_checkpoint_path = str(run_dir.parent)  # where `--config <run>/config.yaml` makes its new run folder
     return cfg, data, ckpt, notes
+
+
+def resolve_device(cfg: Config) -> str:
+    """device_target and num_workers when unset: the GPU when CUDA has one, workers up to the CPUs
+    this process may use (shared by the processes of this node). Returns the line that says so."""
+    if cfg.device_target is None:
+        cfg.device_target = "GPU" if torch.cuda.is_available() else "CPU"
+        how = "auto: CUDA is available" if cfg.device_target == "GPU" else "auto: no CUDA GPU found"
+    else:
+        how = "as set"
+    if cfg.num_workers is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        cfg.num_workers = min(MAX_DEFAULT_WORKERS, max(1, len(os.sched_getaffinity(0)) // max(local_processes, 1)))
+    return f"device: {cfg.device_target} ({how}), {cfg.num_workers} data loader worker(s) per process"
+
+
+MIN_STEPS_PER_EPOCH = 4  # an unset batch_size shrinks (powers of two) until an epoch has this many steps
+
+
+def fit_batch_to_data(cfg: Config, num_train: int, world_size: int, notes: list[str]) -> None:
+    """An unset batch_size that would leave fewer than MIN_STEPS_PER_EPOCH steps per epoch is halved
+    until it does not (never below 2, for BatchNorm); a batch_size you set is kept as it is."""
+    if "batch_size" in cfg.explicit:
+        return
+    per_rank = -(-num_train // world_size)
+    batch = cfg.batch_size
+    while batch > 2 and per_rank // (batch * cfg.accumulate_grad_batches) < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    if batch != cfg.batch_size:
+        notes.append(f"batch_size {batch} per process (the default {cfg.batch_size} would give "
+                     f"{per_rank // (cfg.batch_size * cfg.accumulate_grad_batches)} steps per epoch on {num_train} "
+                     "training images); set --batch_size to choose")
+        cfg.batch_size = batch
+
+
+def choose_run_dir(cfg: Config, create: bool) -> Path:
+    """The run folder (src/run_dir.py); with ``create``, made, proven writable and, with --overwrite,
+    emptied of the earlier run's files."""
+    try:
+        run_dir, stale = resolve_run_dir(cfg.save_checkpoint_path, cfg.model,
+                                         exact="save_checkpoint_path" in cfg.command_line, resume=cfg.resume,
+                                         overwrite=cfg.overwrite, create=create)
+    except RunDirError as exc:
+        raise TrainInputError(str(exc)) from None
+    if create:
+        check_run_dir(run_dir)
+        delete_run_files(stale)
+    return run_dir
 
 
 def check_batch_for_batchnorm(cfg: Config, image_size: int) -> None:
@@ -803,12 +884,16 @@ def check_run_dir(run_dir: Path) -> None:
 
 
 def check_inputs(cfg: Config) -> str:
-    """train.py --check: every input check of a run (as rank 0 of the launch in the environment)
-    without building the model; launchers call it before torchrun so bad input gives one line."""
-    cfg, data, _, notes = prepare(cfg)
+    """train.py --check: every input check of a run (as rank 0 of the launch in the environment),
+    a --pretrained weight file loaded into the model, no folder created and nothing trained;
+    launchers call it before torchrun so bad input gives one line."""
+    cfg, data, _, notes = prepare(cfg, check_only=True)
     launch = launch_env(os.environ)
     world = launch.world_size if launch else 1
     _, steps = plan_epoch(len(data.train), cfg, world)
+    if cfg.pretrained and cfg.pretrained not in PUBLISHED_WEIGHTS and not cfg.resume:
+        cpu = DistInfo(0, 1, 0, True, torch.device("cpu"))
+        build_network(cfg, data.num_classes, cpu, resuming=False)  # loads and checks the --pretrained weights
     return (f"ok: {cfg.model} on {cfg.device_target}, {notes[0].removeprefix('data: ')}; {world} process(es), "
             f"{steps} steps per epoch")
 
@@ -823,7 +908,7 @@ def check_resume_classes(ckpt: dict, classes: list[str], path: str) -> None:
 def run_training(cfg: Config) -> TrainResult:
     """Train as ``cfg`` says; raises TrainInputError & co. for bad input, NonFiniteLossError, TrainOutOfMemory."""
     cfg, data, ckpt, notes = prepare(cfg)
-    announce(cfg, Path(cfg.save_checkpoint_path), notes)
+    announce(cfg, Path(str(cfg.run_dir)), notes)
     run: Run | None = None
     try:
         run = build_run(cfg, data, ckpt)

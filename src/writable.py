@@ -28,6 +28,19 @@ def unwritable_output(flag: str, path: str | os.PathLike) -> str | None:
     return None
 
 
+def why_not_creatable(folder: str | os.PathLike) -> str | None:
+    """Like why_not_writable, but creates nothing: the folder, or its nearest existing ancestor,
+    must be a writable folder (for checks that must leave no trace, e.g. ``train.py --check``)."""
+    path = Path(os.path.abspath(folder))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        return f"{path} is a file, not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"no permission to write in {path}"
+    return None
+
+
 def why_not_writable(folder: str | os.PathLike) -> str | None:
     """None when ``folder`` can take files, else the reason (e.g. 'Permission denied')."""
     try:

@@ -75,8 +75,12 @@ def test_digits_yaml_is_an_offline_cpu_recipe() -> None:
 
 def test_defaults_without_arguments() -> None:
     cfg = load_config([])
-    assert (cfg.model, cfg.batch_size, cfg.epoch_size, cfg.opt, cfg.opt_eps) == ("efficientnet_b0", 128, 350,
+    assert (cfg.model, cfg.batch_size, cfg.epoch_size, cfg.opt, cfg.opt_eps) == ("efficientnet_b0", 128, 30,
                                                                                   "rmsprop", 0.001)
+    # A bare run: classes, device and workers from the data and the machine; a from-scratch LR for
+    # your own folder, not the ImageNet recipe's 0.092 (configs/efficientnet_*_imagenet.yaml set that).
+    assert (cfg.class_num, cfg.device_target, cfg.num_workers) == (None, None, None)
+    assert (cfg.lr_max, cfg.lr_decay_mode) == (0.001, "cosine")
     assert cfg.explicit == set()
 
 
@@ -214,7 +218,7 @@ def test_markdown_table_has_a_row_per_key() -> None:
     assert lines[0] == "| key | type | default | allowed | description |"
     rows = [line for line in lines[2:] if line.startswith("| `")]
     assert [row.split("`")[1] for row in rows] == list(CONFIG_KEYS)
-    assert "| `lr_decay_mode` | str | `linear` | one of linear, liner, cosine, steps, poly, exponential, " \
+    assert "| `lr_decay_mode` | str | `cosine` | one of linear, liner, cosine, steps, poly, exponential, " \
            "constant |" in markdown_table()
     modelzoo_keys = {"class_num", "batch_size", "epoch_size", "lr_init", "lr_max", "lr_end", "warmup_epochs",
                      "lr_decay_mode", "opt", "opt_eps", "momentum", "weight_decay", "use_label_smooth",
