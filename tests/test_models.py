@@ -16,9 +16,12 @@ from src.models import (
     load_pretrained,
 )
 from src.models.pretrained import pretrained_url
+from src.models.layers import StochasticDepth
 from src.models.summary import count_macs
+from tests.helpers_models import assert_spread, calibrate, photo_batch
 
 ALL = list_models()
+TORCHVISION_VARIANTS = [name for name in ALL if name in torchvision.models.list_models()]
 
 # torchvision's published parameter counts (its weight enums' `_metadata["num_params"]`).
 PUBLISHED_PARAMS = {
@@ -52,6 +55,8 @@ PUBLISHED_DROPOUT = {
     "efficientnet_b0": 0.2, "efficientnet_b1": 0.2, "efficientnet_b2": 0.3, "efficientnet_b3": 0.3,
     "efficientnet_b4": 0.4, "efficientnet_b5": 0.4, "efficientnet_b6": 0.5, "efficientnet_b7": 0.5,
     "efficientnet_v2_s": 0.2, "efficientnet_v2_m": 0.3, "efficientnet_v2_l": 0.4,
+    "efficientnet_lite0": 0.2, "efficientnet_lite1": 0.2, "efficientnet_lite2": 0.3, "efficientnet_lite3": 0.3,
+    "efficientnet_lite4": 0.3,
 }
 
 
@@ -72,13 +77,13 @@ def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
-def test_list_models_has_the_eleven_variants():
+def test_list_models_has_the_sixteen_variants():
     assert ALL == [f"efficientnet_b{i}" for i in range(8)] + [
         "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l"
-    ]
+    ] + [f"efficientnet_lite{i}" for i in range(5)]
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", TORCHVISION_VARIANTS)
 def test_state_dict_keys_shapes_and_params_equal_torchvision(name):
     ours = _on_meta(lambda: build_model(name)).state_dict()
     theirs = _on_meta(lambda: torchvision.models.get_model(name)).state_dict()
@@ -88,25 +93,50 @@ def test_state_dict_keys_shapes_and_params_equal_torchvision(name):
     assert params == PUBLISHED_PARAMS[name]
 
 
-@pytest.mark.parametrize("name", ALL)
+# 12 real photos at 64 px: enough for every variant's stride 32, few enough for B7 and V2-L on CPU.
+PHOTOS_64 = photo_batch(64, count=12)
+
+
+# Residual branches' output gain, as in trained networks. With the initial gain of 1, B5-B7 and
+# V2-M/L sum so many unit-variance branches that their logits collapse onto one direction (two
+# arg-max classes) and float32 rounding alone moves B7's logits by ~3 (measured against float64);
+# at 0.2 every variant spreads over 7+ classes and float32 stays within ~1e-4 of float64.
+RESIDUAL_GAIN = 0.2
+
+
+@torch.no_grad()
+def _calibrated(build, seed: int) -> torch.nn.Module:
+    """A network built with initial weights from ``seed``, its residual branches damped to
+    RESIDUAL_GAIN, calibrated on the photos (eval mode)."""
+    torch.manual_seed(seed)
+    model = build()
+    for block in model.features.modules():
+        if getattr(block, "use_residual", False) or getattr(block, "use_res_connect", False):  # ours, torchvision's
+            block.block[-1][1].weight.mul_(RESIDUAL_GAIN)  # the branch's last BatchNorm
+    return calibrate(model, PHOTOS_64, seed=seed)
+
+
+@pytest.mark.parametrize("name", TORCHVISION_VARIANTS)
 def test_outputs_equal_torchvision_both_ways(name):
-    torch.manual_seed(0)
-    theirs = torchvision.models.get_model(name).eval()
-    _randomise_bn(theirs, seed=1)
-    ours = build_model(name).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        expected = theirs(x)
-        np.testing.assert_allclose(ours(x).numpy(), expected.numpy(), atol=1e-5, rtol=0)
-        # and the reverse direction: weights of ours (perturbed) load into torchvision
-        _randomise_bn(ours, seed=2)
-        theirs.load_state_dict(ours.state_dict(), strict=True)
-        np.testing.assert_allclose(theirs(x).numpy(), ours(x).numpy(), atol=1e-5, rtol=0)
-    del theirs, ours
+        # torchvision's weights run in ours (built with other random weights) ...
+        theirs = _calibrated(lambda: torchvision.models.get_model(name), seed=0)
+        ours = build_model(name).eval()
+        ours.load_state_dict(theirs.state_dict(), strict=True)
+        expected = theirs(PHOTOS_64)
+        assert_spread(expected)
+        # Same operations in the same order: equal to the bit here. 1e-5 is ten times below the
+        # float32 error of these logits (~1e-4 against float64), so any other order would fail.
+        np.testing.assert_allclose(ours(PHOTOS_64).numpy(), expected.numpy(), atol=1e-5, rtol=0)
+        # ... and ours run in a fresh torchvision model
+        torch.manual_seed(1)
+        fresh = torchvision.models.get_model(name).eval()
+        fresh.load_state_dict(ours.state_dict(), strict=True)
+        np.testing.assert_allclose(fresh(PHOTOS_64).numpy(), expected.numpy(), atol=1e-5, rtol=0)
+    del theirs, ours, fresh
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", TORCHVISION_VARIANTS)
 def test_gmacs_within_two_percent_of_published(name):
     gmacs = count_macs(name) / 1e9
     assert abs(gmacs - PUBLISHED_GMACS[name]) / PUBLISHED_GMACS[name] < 0.02
@@ -134,29 +164,54 @@ def test_overrides_dropout_drop_path_in_channels():
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 7)
 
 
+def test_stochastic_depth_layer_drops_or_rescales_each_sample():
+    p = 0.25
+    layer = StochasticDepth(p).train()
+    x = torch.randn(400, 3, 4, 4)
+    torch.manual_seed(0)
+    out = layer(x)
+    dropped = [i for i in range(len(x)) if torch.equal(out[i], torch.zeros_like(x[i]))]
+    kept = [i for i in range(len(x)) if i not in dropped]
+    # dropped samples are zero, kept ones scaled by exactly 1 / (1 - p) (4/3, not 1 or 1/p)
+    torch.testing.assert_close(out[kept], x[kept] * (1.0 / (1.0 - p)), atol=0, rtol=0)
+    # about p of the samples are dropped (binomial(400, 0.25): 100 +- 8.7; seeded, so exact here)
+    assert 100 - 4 * 8.7 < len(dropped) < 100 + 4 * 8.7
+    assert torch.equal(layer.eval()(x), x)
+
+
 def test_stochastic_depth_active_in_train_identity_in_eval():
     torch.manual_seed(0)
     model = build_model("efficientnet_b0", dropout=0.0, drop_path_rate=0.9)
     block = model.features[2][1]  # a residual block with a large drop probability
-    assert block.use_residual and block.stochastic_depth.p > 0.1
+    keep = 1.0 - block.stochastic_depth.p
+    assert block.use_residual and keep < 0.9
     x = torch.randn(16, 24, 8, 8)
     block.eval()
     with torch.no_grad():
-        branch = block.block(x)
-        assert torch.equal(block(x), branch + x)
+        assert torch.equal(block(x), block.block(x) + x)
         block.train()
+        branch = block.block(x)  # batch statistics: the same branch the training forward computes
         torch.manual_seed(3)
         out = block(x)
-    dropped = [torch.equal(out[i], x[i]) for i in range(16)]
-    # per sample: some samples keep only the shortcut, others do not
-    assert 0 < sum(dropped) < 16
+    dropped = [i for i in range(16) if torch.equal(out[i], x[i])]
+    kept = [i for i in range(16) if i not in dropped]
+    # per sample: some samples keep only the shortcut, the others the branch scaled by 1 / keep
+    assert 0 < len(dropped) < 16
+    torch.testing.assert_close(out[kept], branch[kept] * (1.0 / keep) + x[kept], atol=0, rtol=0)
 
 
 def test_stochastic_depth_is_the_identity_in_eval_for_the_whole_model():
-    model = build_model("efficientnet_b0", drop_path_rate=0.5).eval()
-    x = torch.randn(2, 3, 32, 32)
+    """In eval mode a model with drop_path_rate 0.5 computes what the same weights without it do."""
     with torch.no_grad():
-        assert torch.equal(model(x), model(x))
+        model = _calibrated(lambda: build_model("efficientnet_b0", drop_path_rate=0.5), seed=0)
+        plain = build_model("efficientnet_b0", drop_path_rate=0.0).eval()
+        plain.load_state_dict(model.state_dict(), strict=True)
+        expected = plain(PHOTOS_64)
+        assert_spread(expected)
+        assert torch.equal(model(PHOTOS_64), expected)
+        # and in training mode the two differ: the comparison above sees stochastic depth
+        torch.manual_seed(0)
+        assert not torch.equal(model.train()(PHOTOS_64), plain.train()(PHOTOS_64))
 
 
 def test_unknown_variant_lists_valid_names():
