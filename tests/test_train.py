@@ -208,13 +208,27 @@ def test_mixup_blends_images_and_targets_with_the_same_weight():
 
 
 def test_cutmix_pastes_a_box_and_weights_targets_by_its_area():
-    images = torch.zeros(2, 1, 8, 8)
-    images[1] = 1.0
-    mixed, target = mix_batch(images, torch.tensor([0, 1]), 2, 0.0, 1.0, np.random.default_rng(3))
-    pasted = float(mixed[0].mean())  # image 0 is zeros: its mean is the pasted area share (or 0 if paired with itself)
-    assert torch.allclose(target[0], torch.tensor([1 - pasted, pasted])) or pasted == 0.0
-    top, left, bottom, right = cutmix_box(8, 8, 0.75, np.random.default_rng(0))
-    assert 0 <= top <= bottom <= 8 and 0 <= left <= right <= 8
+    # every pixel names its image and position; 4 images of 4 classes
+    images = (torch.arange(4).view(4, 1, 1, 1) * 100 + torch.arange(64).view(1, 1, 8, 8)).float()
+    labels = torch.arange(4)
+    mixed, target = mix_batch(images, labels, 4, 0.0, 1.0, np.random.default_rng(3))
+    replay = np.random.default_rng(3)
+    lam = replay.beta(1.0, 1.0)
+    perm = replay.permutation(4)
+    top, left, bottom, right = cutmix_box(8, 8, lam, replay)
+    # seed 3: a 6 x 6 box clipped at the corner to 3 x 3, image 1 paired with itself, the others not
+    assert ((top, left, bottom, right), perm.tolist()) == ((0, 0, 3, 3), [3, 1, 0, 2])
+    expected = images.clone()
+    expected[:, :, top:bottom, left:right] = images[perm, :, top:bottom, left:right]
+    assert torch.equal(mixed, expected)
+    for i, j in enumerate(perm.tolist()):
+        pasted = float((mixed[i] != images[i]).float().mean())  # the share of image i that now shows image j
+        assert pasted == (9 / 64 if j != i else 0.0)
+        # lam follows the clipped box: the target weights are the pixel shares, exactly
+        want = torch.zeros(4)
+        want[i] += 1 - 9 / 64
+        want[j] += 9 / 64
+        assert torch.equal(target[i], want), (i, target[i], want)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,15 +568,22 @@ def test_progressive_stages_resize_inputs_and_set_dropout(data2, tmp_path, monke
 
 @pytest.mark.slow
 def test_bf16_autocast_and_fp16_static_scale_train_on_cpu(data2, tmp_path, capsys):
+    torch.manual_seed(0)
+    initial = build_model("efficientnet_b0", num_classes=2)
+    torch.save(initial.state_dict(), tmp_path / "initial.pth")
+    learnable = [name for name, _ in initial.named_parameters()]
     for amp, extra in (("bf16", []), ("fp16", ["--loss_scale", "128"])):
         run_dir = tmp_path / amp
         args = BASE + ["--dataset_path", data2, "--save_checkpoint_path", run_dir, "--epoch_size", "1",
-                       "--batch_size", "12", "--amp", amp, *extra]
+                       "--batch_size", "12", "--amp", amp, "--pretrained", tmp_path / "initial.pth", *extra]
         code, _, err = run_main(args, capsys)
         assert code == 0, err
         ckpt = torch.load(run_dir / "efficientnet_b0-1_4.pth", weights_only=True)
         assert ckpt["config"]["amp"] == amp
         assert all(t.dtype != torch.bfloat16 and torch.isfinite(t).all() for t in ckpt["model"].values())
+        # the steps were applied, not skipped: every learnable tensor moved from the initial weights
+        unchanged = [k for k in learnable if torch.equal(ckpt["model"][k], initial.state_dict()[k])]
+        assert unchanged == [], f"{amp}: {len(unchanged)} of {len(learnable)} tensors unchanged, e.g. {unchanged[:3]}"
         records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert all(np.isfinite(r["loss"]) for r in records if r["type"] == "step")
     assert ckpt["scaler"] == {"kind": "static", "scale": 128.0}
