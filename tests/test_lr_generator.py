@@ -53,9 +53,11 @@ def test_exponential_staircase_after_warmup_floored_at_lr_end() -> None:
     np.testing.assert_allclose(lrs, expected)
 
 
-def test_exponential_defaults_are_tf_097_every_24_epochs() -> None:
-    lrs = get_lr(0.0, 0.0, 1.0, 0, 10, 10, "exponential")
-    assert lrs[23] == 1.0 and lrs[24] == pytest.approx(0.97) and lrs[48] == pytest.approx(0.97 ** 2)
+def test_exponential_defaults_are_tf_097_every_2_4_epochs() -> None:
+    # 5 steps per epoch, 1 warmup epoch, 10 epochs: 2.4 epochs are 12 steps, counted after the 5 warmup steps
+    lrs = get_lr(0.0, 0.0, 1.0, 1, 10, 5, "exponential")
+    expected = [0.0, 0.2, 0.4, 0.6, 0.8] + [1.0] * 12 + [0.97] * 12 + [0.97 ** 2] * 12 + [0.97 ** 3] * 9
+    np.testing.assert_allclose(lrs, expected, rtol=1e-12)
 
 
 def test_warmup_longer_than_run_is_cut() -> None:
