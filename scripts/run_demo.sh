@@ -4,11 +4,13 @@
 # split and check both accuracies agree. No network needed.
 #   bash scripts/run_demo.sh [extra train.py args...]
 # Environment: DATA (default ./data/digits; written once), RUN_DIR (default runs/demo_<date>_<time>),
-# PYTHON (default python).
+# PYTHON (default: the active venv's python, else .venv/bin/python, else python3).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-python}
+# shellcheck source=scripts/python_env.sh
+source "$ROOT/scripts/python_env.sh"
+require_python torch torchvision numpy PIL yaml sklearn onnx onnxscript onnxruntime
 DATA=${DATA:-./data/digits}
 RUN_DIR=${RUN_DIR:-runs/demo_$(date +%Y%m%d_%H%M%S)}
 CONFIG="$ROOT/configs/digits.yaml"

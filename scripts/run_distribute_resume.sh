@@ -31,6 +31,7 @@ require_positive_int DEVICE_NUM "$DEVICE_NUM"
 require_dir DATA_DIR "$DATA_DIR"
 require_launch_env
 [ -f "$CHECKPOINT" ] || fail "CHECKPOINT '$CHECKPOINT' is not a file"
+require_train_python
 
 # The device comes from the checkpoint's config unless a flag overrides it; reading it also
 # rejects unusable or unsafe checkpoint files with train.py's one-line error (exit 2).

@@ -14,7 +14,7 @@ Usage: bash scripts/run_distribute_train.sh [DEVICE_NUM] [DATA_DIR] [extra train
   DATA_DIR    dataset root: DIR/train/<class>/* and DIR/val/<class>/*
   extra args  any train.py flag, e.g. --config configs/efficientnet_b2_imagenet.yaml
 Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500),
-             PYTHON (python), RUN_ROOT parent of run folders (runs).
+             PYTHON (active venv, .venv, python3), RUN_ROOT parent of run folders (runs).
 Examples:
   bash scripts/run_distribute_train.sh 8 /data/imagenet --config configs/efficientnet_b2_imagenet.yaml
   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash scripts/run_distribute_train.sh 8 /data/imagenet --config ...
@@ -31,6 +31,7 @@ DATA_DIR=$2
 shift 2
 require_positive_int DEVICE_NUM "$DEVICE_NUM"
 require_dir DATA_DIR "$DATA_DIR"
+require_train_python
 require_launch_env
 
 TARGET=$(resolved_device_target --dataset_path "$DATA_DIR" "$@")

@@ -11,7 +11,7 @@ Usage: bash scripts/run_eval.sh [DATA_DIR] [CHECKPOINT_PATH] [extra eval.py flag
   DATA_DIR         dataset root (its val/ is used), a folder of class folders, or a CIFAR-10/100 folder
   CHECKPOINT_PATH  a train.py checkpoint, or a state_dict file (then add --model NAME)
   extra flags      passed to eval.py, e.g. --device_target CPU --batch_size 128 --output_json m.json
-Environment: DEVICE_NUM processes under torchrun (default 1), PYTHON interpreter (default python).
+Environment: DEVICE_NUM processes under torchrun (default 1), PYTHON interpreter (default: active venv, .venv, python3).
 Example: DEVICE_NUM=8 bash scripts/run_eval.sh /data/imagenet checkpoint/efficientnet_b2-350_625.pth
 USAGE
 }
@@ -35,7 +35,9 @@ case $DEVICE_NUM in
 esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-python}
+# shellcheck source=scripts/python_env.sh
+source "$ROOT/scripts/python_env.sh"
+require_python torch torchvision numpy PIL yaml
 
 if [ "$DEVICE_NUM" -gt 1 ]; then
   # Validate once in a single process first: a bad input then ends with eval.py's one error line

@@ -6,7 +6,7 @@
 #
 # DEVICE_TARGET is GPU (default; TensorRT/CUDA, falling back to CPU with one notice) or CPU.
 # Extra arguments go to infer/infer_onnx.py, e.g. --batch_size 64 --output preds.csv.
-# Set PYTHON to choose the interpreter (default: python).
+# Set PYTHON to choose the interpreter (default: the active venv's python, else .venv/bin/python, else python3).
 set -euo pipefail
 
 usage() {
@@ -47,5 +47,8 @@ case "$DEVICE_TARGET" in
 esac
 
 ROOT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-exec "${PYTHON:-python}" "$ROOT_DIR/infer/infer_onnx.py" --onnx_path "$ONNX_PATH" --dataset_path "$DATA_PATH" \
+# shellcheck source=scripts/python_env.sh
+source "$ROOT_DIR/scripts/python_env.sh"
+require_python onnxruntime numpy PIL
+exec "$PYTHON" "$ROOT_DIR/infer/infer_onnx.py" --onnx_path "$ONNX_PATH" --dataset_path "$DATA_PATH" \
     --device_target "$DEVICE_TARGET" "$@"

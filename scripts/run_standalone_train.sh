@@ -11,7 +11,7 @@ Usage: bash scripts/run_standalone_train.sh [DEVICE_ID] [DATA_DIR] [extra train.
   DEVICE_ID   GPU index (0, 1, ...); becomes CUDA_VISIBLE_DEVICES. Ignored with --device_target CPU.
   DATA_DIR    dataset root: DIR/train/<class>/* and DIR/val/<class>/* (or class folders + --val_split)
   extra args  any train.py flag, e.g. --config configs/efficientnet_b2_imagenet.yaml --amp bf16
-Environment: PYTHON interpreter (default python), RUN_ROOT parent of run folders (default runs).
+Environment: PYTHON interpreter (default: active venv, .venv, python3), RUN_ROOT parent of run folders (default runs).
 Examples:
   bash scripts/run_standalone_train.sh 0 /data/imagenet --config configs/efficientnet_b0_imagenet.yaml
   bash scripts/run_standalone_train.sh 0 data/digits --config configs/digits.yaml --device_target CPU
@@ -27,6 +27,7 @@ DATA_DIR=$2
 shift 2
 require_index DEVICE_ID "$DEVICE_ID"
 require_dir DATA_DIR "$DATA_DIR"
+require_train_python
 
 TARGET=$(resolved_device_target --dataset_path "$DATA_DIR" "$@")
 if [ "$TARGET" = GPU ]; then

@@ -2,8 +2,14 @@
 # and run_distribute_resume.sh; not run on its own). Each launcher defines usage() first.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-python}
+# shellcheck source=scripts/python_env.sh
+source "$ROOT/scripts/python_env.sh"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+# One line and exit 1 when $PYTHON lacks what train.py imports (after the argument checks).
+require_train_python() {
+  require_python torch torchvision numpy PIL yaml
+}
 
 # Bad launcher arguments: the reason, then the usage, exit status 2 (bad input, as train.py).
 fail() {
@@ -54,9 +60,13 @@ check_train_inputs() {  # WORLD RUN_DIR_TO_REMOVE_OR_EMPTY TRAIN_ARGS...
 # Use as TARGET=$(resolved_device_target ...): a bad flag prints train.py's one-line error and,
 # under set -e, ends the launcher with status 2.
 resolved_device_target() {
-  local resolved
+  local resolved target
   resolved=$("$PYTHON" -m src.config "$@") || return 2
-  sed -n 's/^device_target: //p' <<<"$resolved"
+  target=$(sed -n 's/^device_target: //p' <<<"$resolved")
+  if [ "$target" = null ]; then  # unset: train.py takes the GPU when CUDA has one
+    if [ "$(visible_gpus)" -gt 0 ]; then target=GPU; else target=CPU; fi
+  fi
+  echo "$target"
 }
 
 # GPUs this process can use (honours CUDA_VISIBLE_DEVICES).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,8 +89,8 @@ def test_bad_dataset_is_one_line_before_any_process_starts(name, first, tmp_path
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
 @pytest.mark.parametrize("name, first", [("run_distribute_train.sh", "2"), ("run_standalone_train.sh", "0")])
-def test_gpu_launch_without_gpus_is_refused(name, first, data):
-    proc = script(name, first, data)
+def test_gpu_launch_without_gpus_is_refused(name, first, data, tmp_path):
+    proc = script(name, first, data, "--device_target", "GPU", env={**ENV, "RUN_ROOT": str(tmp_path / "runs")})
     assert_usage_error(proc, "--device_target CPU")
 
 
@@ -106,6 +107,76 @@ def test_resume_refuses_an_unsafe_checkpoint(data, tmp_path):
     proc = script("run_distribute_resume.sh", 2, data, bad, "--device_target", "CPU")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and str(bad) in proc.stderr
+
+
+# ---------------------------------------------------------------- which Python the launchers run
+LAUNCHERS = {  # launcher -> arguments that pass its own checks, so the Python check comes next
+    "run_standalone_train.sh": ["0", "{data}"],
+    "run_distribute_train.sh": ["2", "{data}"],
+    "run_distribute_resume.sh": ["2", "{data}", "{file}"],
+    "run_eval.sh": ["{data}", "{file}"],
+    "run_infer_onnx.sh": ["{file}", "{data}", "CPU"],
+    "run_demo.sh": [],
+}
+NO_TORCH = "cannot import torch, torchvision, numpy, PIL, yaml; run `make install`"
+
+
+def _python_wrapper(path: Path, log: Path | None = None, site: bool = False) -> Path:
+    """An executable named like a Python that runs this one, without site-packages unless ``site``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = f'echo "$*" >> "{log}"\n' if log else ""
+    path.write_text(f'#!/bin/sh\n{record}exec "{sys.executable}" {"" if site else "-I -S"} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def bare(tmp_path) -> dict:
+    """scripts/ copied into a folder without .venv; PATH's python3 sees no site-packages (no torch)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(SCRIPTS, repo / "scripts")
+    _python_wrapper(tmp_path / "bin" / "python3")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = f"{tmp_path / 'bin'}:/usr/bin:/bin"
+    (tmp_path / "file.bin").write_bytes(b"not used")
+    return dict(repo=repo, env=env, tmp=tmp_path, file=tmp_path / "file.bin")
+
+
+def _launch(bare: dict, name: str, data: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    args = [a.format(data=data, file=bare["file"]) for a in LAUNCHERS[name]]
+    return subprocess.run(["bash", str(bare["repo"] / "scripts" / name), *args], cwd=bare["tmp"],
+                          env={**bare["env"], **(env or {})}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", list(LAUNCHERS))
+def test_launcher_whose_python_lacks_the_packages_says_how_to_install_in_one_line(name, bare, data):
+    proc = _launch(bare, name, data)
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: python3 cannot import "), proc.stderr
+    assert "`make install`" in lines[0] and "`source .venv/bin/activate`" in lines[0]
+    missing = "onnxruntime, numpy, PIL" if name == "run_infer_onnx.sh" else "torch, torchvision, numpy, PIL, yaml"
+    assert f"cannot import {missing}" in lines[0]
+
+
+def test_launchers_prefer_python_then_the_active_venv_then_the_projects_venv(bare, data):
+    venv = _python_wrapper(bare["repo"] / ".venv" / "bin" / "python")
+    active = _python_wrapper(bare["tmp"] / "active" / "bin" / "python")
+    chosen = _python_wrapper(bare["tmp"] / "chosen" / "python")
+    for env, python in (({}, venv), ({"VIRTUAL_ENV": str(active.parents[1])}, active),
+                        ({"VIRTUAL_ENV": str(active.parents[1]), "PYTHON": str(chosen)}, chosen)):
+        proc = _launch(bare, "run_eval.sh", data, env)
+        assert proc.returncode == 1 and proc.stderr.startswith(f"error: {python} {NO_TORCH}"), proc.stderr
+
+
+def test_launcher_runs_the_projects_venv_when_it_has_the_packages(bare, data):
+    log = bare["tmp"] / "venv.log"
+    _python_wrapper(bare["repo"] / ".venv" / "bin" / "python", log=log, site=True)
+    proc = _launch(bare, "run_infer_onnx.sh", data)
+    assert proc.returncode != 0  # the copy has no infer/: the venv's Python was asked to run it
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2 and calls[0].startswith("-c ") and calls[0].endswith(" onnxruntime numpy PIL")
+    assert calls[1].startswith(f"{bare['repo']}/infer/infer_onnx.py --onnx_path {bare['file']}")
 
 
 @pytest.mark.slow
