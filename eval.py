@@ -345,10 +345,13 @@ def run(argv: Sequence[str] | None) -> int:
         if info.is_main:
             if loaded.weights_note:
                 print(loaded.weights_note, flush=True)
+            if loaded.import_note:  # a timm / efficientnet_pytorch file: its layout, padding, preprocessing
+                print(loaded.import_note, flush=True)
             print(f"evaluating {loaded.name} ({loaded.num_classes} classes{', EMA weights' if loaded.use_ema else ''}) "
                   f"on {data.describe()}; "
                   f"resize {pre.resize} -> crop {pre.crop} {pre.interpolation}, batch {s.batch_size} x "
-                  f"{info.world_size} process(es), device {info.device}", flush=True)
+                  f"{info.world_size} process(es), device {info.device}; padding {loaded.padding}, mean "
+                  f"{'/'.join(f'{v:g}' for v in pre.mean)}, std {'/'.join(f'{v:g}' for v in pre.std)}", flush=True)
         model = loaded.model.to(info.device)
         if s.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 CHECKPOINT_SUFFIX = ".pth"
+SAFETENSORS_SUFFIX = ".safetensors"  # read as {"model": tensors, **metadata}
 BEST_TAG = "best"
 # Prefixes added by wrappers: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -108,6 +109,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it (a .pth)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == SAFETENSORS_SUFFIX:  # tensors + a str header only: it cannot carry code
+        from src.models.convert import WeightMismatchError, read_safetensors
+
+        try:
+            return read_safetensors(path)
+        except WeightMismatchError as exc:
+            raise CheckpointError(str(exc)) from None
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

