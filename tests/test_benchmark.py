@@ -1,8 +1,9 @@
 """benchmark.py: every mode runs at tiny sizes and writes the JSON the README tables come from.
 
 No timing assertions (the machine is shared); the tests check the structure and the values that
-do not depend on speed: which rows exist, how many images were processed, exact ratios of a row
-to itself, pixel agreement with torchvision where the pipelines must agree.
+do not depend on speed: which rows exist, how many images were processed, that each reported
+ratio is computed from the reported per-round measurements, pixel and logit agreement where the
+implementations must agree.
 """
 from __future__ import annotations
 
@@ -55,12 +56,13 @@ def test_data_mode_rows_counts_and_pixel_agreement(tmp_path):
         assert {r["impl"] for r in rows(p, kind=kind, task="train")} == {"torchvision", "ours"}
         assert {r["impl"] for r in rows(p, kind=kind, task="eval")} == {"torchvision", "ours", "ours_draft"}
         for r in rows(p, kind=kind):
-            assert r["images"] == count and r["compared_images"] == count
+            assert r["images"] == count
             assert r["images_per_sec"] > 0 and r["speedup_vs_torchvision"] > 0
             assert len(r["speedup_per_round"]) == 1 and r["speedup_per_round"][0] == r["speedup_vs_torchvision"]
-        for task in ("train", "eval"):
-            ref = rows(p, kind=kind, task=task, impl="torchvision")[0]
-            assert ref["speedup_vs_torchvision"] == 1.0 and ref["mean_abs_diff"] == 0.0
+            # every pipeline but the reference is compared with torchvision on every image
+            reference = r["impl"] == "torchvision"
+            assert r["compared_images"] == (None if reference else count)
+            assert (r["mean_abs_diff"] is None) == reference
         # The eval pipeline without draft is torchvision's Resize + CenterCrop, pixel for pixel.
         assert rows(p, kind=kind, task="eval", impl="ours")[0]["mean_abs_diff"] == 0.0
     # Same seed, same boxes and flips: the train crops differ only by resampling arithmetic.
@@ -86,8 +88,13 @@ def test_model_mode_has_every_impl_variant_and_task(tmp_path):
         for variant in ("eager", "channels_last"):
             got = rows(p, task=task, variant=variant)
             assert {r["impl"] for r in got} == impls
-            assert all(r["images_per_sec"] > 0 for r in got)
-            assert rows(p, task=task, variant=variant, impl="ours")[0]["ours_speedup"] == 1.0
+            # the reported numbers come from the per-round times: images/s from their median, the
+            # ratio from the median of per-round (its time / our time)
+            ours = rows(p, task=task, variant=variant, impl="ours")[0]["seconds_per_round"]
+            for r in got:
+                assert len(r["seconds_per_round"]) == 1 and r["seconds_per_round"][0] > 0
+                assert r["images_per_sec"] == 2 / r["seconds_per_round"][0]
+                assert r["ours_speedup"] == r["seconds_per_round"][0] / ours[0]
     assert p["device"] == "cpu" and p["batch_size"] == 2 and p["amp"] == "bf16"
 
 
@@ -99,14 +106,17 @@ def test_onnx_mode_matches_eager_logits_at_each_batch(tmp_path):
     assert [(r["batch"], r["impl"]) for r in p["results"]] == [(b, i) for b in (1, 3) for i in impls]
     for r in p["results"]:
         assert r["images_per_sec"] > 0 and r["calls_per_round"] >= 1
-        if r["impl"] == "pytorch_eager":
-            assert r["speedup_vs_eager"] == 1.0
-        if r["impl"] != "onnxruntime":
-            assert r["rel_diff_vs_eager"] == 0.0
-        else:
-            assert r["max_abs_logit"] > 0   # BN calibrated: logits are not vanishing
-            assert r["rel_diff_vs_eager"] == r["max_abs_diff_vs_eager"] / r["max_abs_logit"]
-            assert 0.0 < r["rel_diff_vs_eager"] < 1e-3   # same network, BN folded by the exporter
+        assert r["max_abs_logit"] > 0   # BN calibrated: logits are not vanishing
+        if r["impl"] == "pytorch_eager":  # the reference: nothing to compare
+            assert r["max_abs_diff_vs_eager"] is None and r["rel_diff_vs_eager"] is None
+            continue
+        # measured on this batch: channels_last's and onnxruntime's logits against eager NCHW's
+        assert r["rel_diff_vs_eager"] == r["max_abs_diff_vs_eager"] / r["max_abs_logit"]
+        # same weights; other kernels (channels_last) or BN folded into the convolutions (onnxruntime):
+        # float32 rounding only, far below 1e-3 of the largest logit
+        assert 0.0 <= r["rel_diff_vs_eager"] < 1e-3
+        if r["impl"] == "onnxruntime":
+            assert r["rel_diff_vs_eager"] > 0.0   # folding BN into the convolutions changes the rounding
 
 
 def test_memory_mode_rows_and_checkpointing_ratio(tmp_path):
@@ -138,7 +148,8 @@ def test_train_mode_runs_train_py_and_the_plain_loop(tmp_path):
     assert [r["impl"] for r in p["results"]] == ["train.py", "plain_loop"]
     for r in p["results"]:
         assert r["images"] == 8 and r["images_per_sec"] > 0 and math.isfinite(r["final_loss"])
-    assert p["results"][1]["vs_plain_loop"] == 1.0
+    train_py, plain = p["results"]
+    assert train_py["vs_plain_loop"] == train_py["per_round"][0] / plain["per_round"][0]
     assert "--epoch_size 2" in p["train_py_command"] and "--device_target CPU" in p["train_py_command"]
     class_dirs = sorted((tmp_path / "jpegs" / "folder-2x4-64x48" / "train").iterdir())
     assert [d.name for d in class_dirs] == ["class_00", "class_01"]
