@@ -6,13 +6,17 @@ model, so the graph holds only Conv / Sigmoid / Mul / Add / pooling / Gemm. SiLU
 ``Sigmoid`` + ``Mul`` (standard ops, no custom Swish), which onnxruntime fuses back.
 
 Every file is checked twice: ``onnx.checker`` (structure, before writing) and onnxruntime on the
-written file against PyTorch on the same batch of random images (numerics). The preprocessing, class names and model name are
-stored in ``metadata_props`` (keys in ``infer.metadata``) so the runner needs nothing else.
+written file against PyTorch in float64 on a few synthetic photos through the model's eval
+preprocessing, allowing a multiple of PyTorch's own float32 error (numerics, ``src.export_check``).
+The file is written under a temporary name and moved into place only when both checks pass.
+The preprocessing, class names and model name are stored in ``metadata_props`` (keys in
+``infer.metadata``) so the runner needs nothing else.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
@@ -32,17 +36,17 @@ from torch import nn
 from infer.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata
 from infer.session import create_session, physical_cores, session_options
 from src.config import read_yaml
+from src.export_check import (
+    DEFAULT_CHECK_TOLERANCE, CheckFailed, CheckResult, Reference, compare, float64_reference, verification_batch,
+)
 from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_published, load_trained
 from src.models import NETWORK_STRIDE, get_variant, load_pretrained
 from src.models.pretrained import PRETRAINED_TAG
 from src.preprocess import Preprocess
 
 DEFAULT_OPSET = 17
-FALLBACK_OPSETS = (9, 17)  # when torch does not say what its exporter supports (torch.onnx._constants)
-MIN_FOLDING_OPSET = 9  # below it torch exports without constant folding: BatchNorm stays unfolded in the file
-FP32_TOLERANCE = 1e-4  # max |onnxruntime - PyTorch| on the logits
-FP16_RELATIVE_TOLERANCE = 1e-2  # fp16 weights: max diff / max |logit|
-VERIFY_BATCH = 2  # a dynamic-batch model is checked at batch 2, so the batch axis is exercised
+VERIFY_BATCH = 2  # a dynamic-batch model is traced at batch 2 and checked at batch VERIFY_IMAGES
+VERIFY_IMAGES = 4  # synthetic photos the numeric check runs on (a fixed batch: enough whole batches)
 VERIFY_SEED = 0
 FORMATS = ("ONNX", "TORCHSCRIPT")
 SUFFIXES = {"ONNX": ".onnx", "TORCHSCRIPT": ".pt"}
@@ -246,39 +250,49 @@ def format_op_counts(counts: Counter) -> str:
     return ", ".join(f"{op} {n}" for op, n in counts.most_common())
 
 
-def torch_logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    with torch.inference_mode():
-        return model(x).float().numpy()
+def check_images(pre: Preprocess, batch_size: int | None) -> torch.Tensor:
+    """The numeric check's batch: VERIFY_IMAGES synthetic photos through ``pre``; for a fixed-batch
+    file, as many whole batches as cover VERIFY_IMAGES."""
+    count = VERIFY_IMAGES if batch_size is None else -(-VERIFY_IMAGES // batch_size) * batch_size
+    return verification_batch(pre, count)
 
 
-def tolerance(ref: np.ndarray, fp16: bool) -> float:
-    """Allowed max abs difference: 1e-4 (fp32) or 1e-2 (fp16) times the largest |logit|, never
-    below 1e-4 (float32 carries ~7 digits, so logits of 1000 cannot agree to 1e-4 absolute)."""
-    scale = max(1.0, float(np.abs(ref).max()))
-    return (FP16_RELATIVE_TOLERANCE if fp16 else FP32_TOLERANCE) * scale
+def _checked(got: np.ndarray, ref: Reference, tolerance: float, what: str) -> CheckResult:
+    """``compare`` with its failure as an ExportError that names the flag to override it."""
+    try:
+        return compare(got, ref, tolerance, what)
+    except CheckFailed as exc:
+        raise ExportError(f"{exc}: the exported file is not faithful; raise --check_tolerance (now {tolerance:g}) "
+                          "only if this CPU's kernels are known to be less exact") from None
 
 
-def check_close(got: np.ndarray, ref: np.ndarray, fp16: bool, what: str) -> float:
-    """Max abs difference; raises ExportError above ``tolerance``."""
-    if got.shape != ref.shape:
-        raise ExportError(f"{what} output shape {got.shape} differs from PyTorch's {ref.shape}")
-    diff = float(np.abs(got.astype(np.float64) - ref).max())
-    limit = tolerance(ref, fp16)
-    if not np.isfinite(diff) or diff > limit:
-        raise ExportError(f"{what} differs from PyTorch by {diff:.3g} (allowed {limit:.3g}); "
-                          "the exported file is not faithful")
-    return diff
-
-
-def verify_onnx(path: str | os.PathLike, model: nn.Module, size: int, batch: int, fp16: bool = False,
-                pre: Preprocess | None = None, intra_op_threads: int | None = None) -> float:
-    """onnxruntime on the written file vs PyTorch (``model``: the fp32 eager model) on one batch
-    of random images; returns the max abs difference, raises ExportError above ``tolerance``."""
-    x = random_batch(batch, size, pre)
-    ref = torch_logits(model, x)
+def verify_onnx(path: str | os.PathLike, model: nn.Module, pre: Preprocess, batch_size: int | None = None,
+                fp16: bool = False, tolerance: float = DEFAULT_CHECK_TOLERANCE,
+                intra_op_threads: int | None = None) -> CheckResult:
+    """onnxruntime on the file vs ``model`` (the fp32 eager model) in float64 on the check images,
+    allowing ``tolerance`` x PyTorch's own float32 (``fp16``: float16) error; raises ExportError."""
+    x = check_images(pre, batch_size)
+    ref = float64_reference(model, x, fp16)
     session = create_session(path, "CPU", intra_op_threads, announce=lambda _: None)
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
-    return check_close(got, ref, fp16, "onnxruntime")
+    step = batch_size or len(x)
+    got = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + step].numpy()})[0]
+                          for i in range(0, len(x), step)])
+    del session  # the file is moved into place next; nothing may hold it open
+    return _checked(got, ref, tolerance, "onnxruntime")
+
+
+@contextlib.contextmanager
+def replaced_when_done(path: Path) -> Iterator[Path]:
+    """A temporary name next to ``path`` to write and check; moved onto ``path`` when the block
+    ends without error, removed when it fails (a failed check leaves nothing behind)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except ExportError as exc:
+        raise ExportError(f"{exc}; nothing written to {path}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,13 +328,16 @@ def read_torchscript_metadata(path: str | os.PathLike) -> dict[str, str]:
     return json.loads(extra[TORCHSCRIPT_METADATA_FILE])
 
 
-def verify_torchscript(path: str | os.PathLike, reference: nn.Module, size: int, batch: int,
-                       fp16: bool = False, pre: Preprocess | None = None) -> float:
-    """The saved TorchScript module vs the eager fp32 model on one random batch."""
+def verify_torchscript(path: str | os.PathLike, model: nn.Module, pre: Preprocess, batch_size: int | None = None,
+                       fp16: bool = False, tolerance: float = DEFAULT_CHECK_TOLERANCE) -> CheckResult:
+    """The saved TorchScript module vs ``model`` in float64, by the same rule as ``verify_onnx``."""
     with _quiet_torchscript():
         loaded = torch.jit.load(str(path), map_location="cpu")
-    x = random_batch(batch, size, pre, seed=VERIFY_SEED + 1)
-    return check_close(torch_logits(loaded, x), torch_logits(reference, x), fp16, "TorchScript")
+    x = check_images(pre, batch_size)
+    step = batch_size or len(x)
+    with torch.inference_mode():
+        got = np.concatenate([loaded(x[i:i + step]).float().numpy() for i in range(0, len(x), step)])
+    return _checked(got, float64_reference(model, x, fp16), tolerance, "TorchScript")
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,20 +408,45 @@ def benchmark(
 class ExportResult:
     path: Path
     size: int
-    max_abs_diff: float
+    max_abs_diff: float  # max |exported file - PyTorch float64| on the check images
     metadata: dict[str, str]
     op_counts: Counter | None = None
     optimized_op_counts: Counter | None = None
+    check: CheckResult | None = None
 
 
+def _exports_folded(opset: int) -> bool:
+    """Whether torch's TorchScript-based exporter writes a Conv + BatchNorm + SiLU at ``opset``
+    without error or 'not supported' warning, with the BatchNorm folded into the Conv."""
+    probe = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.SiLU()).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        warnings.simplefilter("error", torch.onnx.errors.OnnxExporterWarning)  # "opset N is not supported"
+        try:
+            with torch.no_grad():
+                torch.onnx.export(probe, (torch.zeros(1, 3, 8, 8),), buffer, dynamo=False, opset_version=opset,
+                                  do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
+        except Exception:  # noqa: BLE001 - any refusal means "not this opset"
+            return False
+    graph = onnx.load_from_string(buffer.getvalue())
+    return (graph.opset_import[0].version == opset
+            and all(node.op_type != "BatchNormalization" for node in graph.graph.node))
+
+
+@functools.lru_cache(maxsize=None)
 def supported_opsets() -> tuple[int, int]:
-    """Lowest and highest opset of torch's TorchScript-based exporter (the one used, dynamo=False)."""
-    try:
-        from torch.onnx import _constants
-        low, high = _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
-    except (ImportError, AttributeError):
-        low, high = FALLBACK_OPSETS
-    return max(low, MIN_FOLDING_OPSET), high
+    """Lowest and highest opset at which torch's TorchScript-based exporter (the one used,
+    dynamo=False) exports with BatchNorm folded: found by exporting a 3-layer probe outwards from
+    DEFAULT_OPSET (torch publishes the range only in a private module; ~10 tiny exports)."""
+    if not _exports_folded(DEFAULT_OPSET):
+        raise ExportError(f"torch {torch.__version__}'s ONNX exporter cannot export at opset {DEFAULT_OPSET}")
+    low = high = DEFAULT_OPSET
+    while low > 1 and _exports_folded(low - 1):
+        low -= 1
+    while high < onnx.defs.onnx_opset_version() and _exports_folded(high + 1):
+        high += 1
+    return low, high
 
 
 def check_opset(opset: int) -> None:
@@ -427,8 +469,10 @@ def export_source(
     count_ops: bool = True,
     announce: Announce = print,
     intra_op_threads: int | None = None,
+    check_tolerance: float = DEFAULT_CHECK_TOLERANCE,
 ) -> ExportResult:
-    """Export, store metadata, verify, and report; raises ExportError on any failure."""
+    """Export, store metadata, verify, and report; raises ExportError on any failure, and then
+    nothing is left at the output path (the file is written under a temporary name first)."""
     file_format = file_format.upper()
     if file_format not in FORMATS:
         raise ExportError(f"--file_format must be one of {', '.join(FORMATS)}, got {file_format!r}")
@@ -441,33 +485,34 @@ def export_source(
                           f"(use >= {NETWORK_STRIDE})")
     if batch_size is not None and batch_size < 1:
         raise ExportError(f"--batch_size must be >= 1, got {batch_size}")
+    if not 0 < check_tolerance < float("inf"):
+        raise ExportError(f"--check_tolerance must be a positive number, got {check_tolerance}")
     if file_format == "ONNX":
         check_opset(opset)
     pre = preprocess_for_size(source.preprocess, size)
     metadata = build_metadata(source.model_name, pre, source.classes, source.num_classes,
                               precision="fp16" if fp16 else "fp32")
     path = output_path(file_name, file_format)
-    model = source.model.eval()
-    reference = model  # fp16 files are checked against the fp32 model the user trained
-    batch = batch_size or VERIFY_BATCH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = source.model.eval()  # also the reference for fp16 files: the fp32 model the user trained
     if file_format == "TORCHSCRIPT":
-        export_torchscript(model, path, size, metadata, batch_size, fp16)
-        diff = verify_torchscript(path, reference, size, batch, fp16, pre)
+        with replaced_when_done(path) as temporary:
+            export_torchscript(model, temporary, size, metadata, batch_size, fp16)
+            check = verify_torchscript(temporary, model, pre, batch_size, fp16, check_tolerance)
         announce(f"exported {source.model_name} ({source.origin}) -> {path} [TorchScript, {size}x{size}, "
                  f"batch {batch_size or 'dynamic'}]")
-        announce(f"check: TorchScript vs PyTorch max abs diff {diff:.3g}")
+        announce(f"check: {check.describe('TorchScript')}")
         announce("note: PyTorch deprecates TorchScript; ONNX is the format this project tests and serves")
-        return ExportResult(path, size, diff, metadata)
-    export_onnx(model, path, size, metadata, batch_size, opset, fp16)
-    diff = verify_onnx(path, reference, size, batch, fp16, pre, intra_op_threads)
+        return ExportResult(path, size, check.max_abs_diff, metadata, check=check)
+    with replaced_when_done(path) as temporary:
+        export_onnx(model, temporary, size, metadata, batch_size, opset, fp16)
+        check = verify_onnx(temporary, model, pre, batch_size, fp16, check_tolerance, intra_op_threads)
     announce(f"exported {source.model_name} ({source.origin}) -> {path} [ONNX opset {opset}, "
              f"{'fp16' if fp16 else 'fp32'}, {size}x{size}, batch {batch_size or 'dynamic'}]")
     announce(f"metadata: preprocess {json.dumps(pre.to_dict())}, "
              f"{len(source.classes) if source.classes else 'no'} class names")
-    rule = f"{FP16_RELATIVE_TOLERANCE if fp16 else FP32_TOLERANCE:g} x max(1, max |logit|)"
-    announce(f"check: onnx.checker ok; onnxruntime vs PyTorch on {batch} random images: "
-             f"max abs diff {diff:.3g} (allowed {rule})")
-    result = ExportResult(path, size, diff, metadata)
+    announce(f"check: onnx.checker ok; {check.describe('onnxruntime')}")
+    result = ExportResult(path, size, check.max_abs_diff, metadata, check=check)
     if count_ops:
         result.op_counts = op_counts(path)
         result.optimized_op_counts = optimized_op_counts(path)
