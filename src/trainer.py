@@ -49,7 +49,7 @@ from src.host_memory import reuse_freed_memory
 from src.loss import build_loss
 from src.lr_generator import LRSchedule
 from src.mixup import mix_batch
-from src.models import NETWORK_STRIDE, build_model, get_variant, load_pretrained
+from src.models import NETWORK_STRIDE, WeightsNotInstalled, build_model, build_pretrained, get_variant
 from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides
 from src.monitor import EarlyStopping, TrainMonitor, format_lr
 from src.optimizer import build_optimizer
@@ -256,10 +256,17 @@ def plan_epoch(num_train: int, cfg: Config, world_size: int) -> tuple[int, int]:
 
 
 def build_network(cfg: Config, num_classes: int, info: DistInfo, resuming: bool) -> nn.Module:
-    """The bare model on its device: pretrained weights, frozen backbone, checkpointing, SyncBN."""
-    model = build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout, drop_path_rate=cfg.drop_path_rate)
+    """The bare model on its device: pretrained weights, frozen backbone, checkpointing, SyncBN.
+
+    With --pretrained the network is built with the padding and BatchNorm eps the weights need
+    (Google's checkpoints: TensorFlow's SAME, eps 1e-3); both are written into ``cfg`` so every
+    checkpoint's config rebuilds the same network in eval.py and export.py."""
+    options = dict(dropout=cfg.dropout, drop_path_rate=cfg.drop_path_rate)
     if cfg.pretrained and not resuming:
-        _load_pretrained(model, cfg.pretrained, info)
+        model = _load_pretrained(cfg, num_classes, info, options)
+    else:
+        cfg.padding = "symmetric" if cfg.padding == "auto" else cfg.padding
+        model = build_model(cfg.model, num_classes=num_classes, padding=cfg.padding, bn_eps=cfg.bn_eps, **options)
     if cfg.freeze_backbone:
         model.features.requires_grad_(False)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
@@ -271,11 +278,22 @@ def build_network(cfg: Config, num_classes: int, info: DistInfo, resuming: bool)
     return model
 
 
-def _load_pretrained(model: nn.Module, source: str, info: DistInfo) -> None:
+def _load_pretrained(cfg: Config, num_classes: int, info: DistInfo, options: dict[str, Any]) -> nn.Module:
+    """cfg.model built as the --pretrained weights need (any layout; cfg.padding forces the padding),
+    with them loaded; records the padding and eps in cfg."""
+    source = cfg.pretrained
+    forced = None if cfg.padding == "auto" else cfg.padding
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol warning before it refuses a file
             warnings.simplefilter("ignore", UserWarning)
-            load_pretrained(model, source, progress=info.is_main)
+            model, weights = build_pretrained(cfg.model, source, num_classes, forced, progress=info.is_main,
+                                              read=load_checkpoint, bn_eps=cfg.bn_eps, **options)
+        cfg.padding, cfg.bn_eps = weights.padding, model.bn_eps
+        if info.is_main:
+            print("\n".join(weights.notes), flush=True)
+        return model
+    except WeightsNotInstalled as exc:
+        raise TrainInputError(str(exc)) from None
     except FileNotFoundError:
         raise
     except (OSError, RuntimeError) as exc:  # download failures (no network, proxy)

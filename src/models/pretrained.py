@@ -8,7 +8,7 @@ Files are always read weights-only: a weight file is data, never code.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -84,9 +84,14 @@ def imagenet_weights(name: str, progress: bool = True) -> ImportedWeights:
     return import_weights(read_weight_file(path), name, f"{packaged.package} ({path.name})")
 
 
+Reader = Callable[[str], Mapping[str, Any]]  # path -> the file's dict (a state_dict or a checkpoint holding one)
+
+
 def resolve_weights(name: str | None, name_or_path: str, progress: bool = True,
-                    padding: str | None = None) -> ImportedWeights:
-    """``"imagenet"`` (needs ``name``) or a weight file of any layout, converted to this project's keys."""
+                    padding: str | None = None, read: Reader = read_weight_file) -> ImportedWeights:
+    """``"imagenet"`` (needs ``name``) or a weight file of any layout, converted to this project's keys.
+
+    ``padding`` forces the padding; ``read`` reads the file (train.py passes its checkpoint reader)."""
     if name_or_path in IMAGENET_WORDS:
         if not name:
             raise WeightMismatchError("the ImageNet weights need the variant: pass --model NAME")
@@ -98,7 +103,7 @@ def resolve_weights(name: str | None, name_or_path: str, progress: bool = True,
         return weights
     if not os.path.exists(name_or_path):
         raise FileNotFoundError(f"pretrained weights not found: {name_or_path}")
-    return import_weights(read_weight_file(name_or_path), name, name_or_path, padding)
+    return import_weights(read(name_or_path), name, name_or_path, padding)
 
 
 def load_weights(model: nn.Module, weights: ImportedWeights) -> nn.Module:
@@ -121,13 +126,14 @@ def load_weights(model: nn.Module, weights: ImportedWeights) -> nn.Module:
     return model
 
 
-def build_pretrained(name: str, name_or_path: str, num_classes: int = 1000, padding: str | None = None,
-                     progress: bool = True, **overrides: Any) -> tuple[EfficientNet, ImportedWeights]:
+def build_pretrained(name: str | None, name_or_path: str, num_classes: int = 1000, padding: str | None = None,
+                     progress: bool = True, read: Reader = read_weight_file,
+                     **overrides: Any) -> tuple[EfficientNet, ImportedWeights]:
     """The variant built as the weights need (padding, BatchNorm eps) with the weights loaded.
 
     ``padding`` forces the padding; ``overrides`` go to build_model (dropout, drop_path_rate, ...;
-    an explicit bn_eps wins over the weights')."""
-    weights = resolve_weights(name, name_or_path, progress, padding)
+    an explicit bn_eps wins over the weights'); ``read`` as for resolve_weights."""
+    weights = resolve_weights(name, name_or_path, progress, padding, read)
     options = {**weights.build_options(), **{k: v for k, v in overrides.items() if v is not None}}
     model = build_model(weights.model_name, num_classes=num_classes, **options)
     return load_weights(model, weights), weights
