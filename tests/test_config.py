@@ -38,6 +38,23 @@ def test_every_shipped_yaml_loads(path: Path) -> None:
     cfg = load_config(["--config", str(path)])
     assert cfg.explicit == set(yaml.safe_load(path.read_text()))
     assert cfg.model in MODEL_NAMES
+    # every key the file leaves out keeps the schema's default
+    defaults = Config().to_dict()
+    assert {k: v for k, v in cfg.to_dict().items() if k not in cfg.explicit} == \
+        {k: v for k, v in defaults.items() if k not in cfg.explicit}
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0_imagenet.yaml", "efficientnet_b3_imagenet.yaml"])
+def test_values_tagged_b2_are_the_b2_recipes(name: str) -> None:
+    """The B0/B3 files tag keys "[b2]": same value as the B2 GPU recipe. Each tag is checked."""
+    path = CONFIG_DIR / name
+    tagged = [line.split(":")[0] for line in path.read_text().splitlines() if "# [b2]" in line]
+    assert len(tagged) >= 20
+    cfg = load_config(["--config", str(path)])
+    b2 = load_config(["--config", str(CONFIG_DIR / "efficientnet_b2_imagenet.yaml")])
+    same = {"liner": "linear"}  # the ModelZoo spelling: one schedule (see test_lr_generator)
+    assert {k: same.get(getattr(cfg, k), getattr(cfg, k)) for k in tagged} == \
+        {k: same.get(getattr(b2, k), getattr(b2, k)) for k in tagged}
 
 
 def test_shipped_configs_exist() -> None:
@@ -47,6 +64,8 @@ def test_shipped_configs_exist() -> None:
 
 
 def test_b2_yaml_is_the_modelzoo_gpu_recipe() -> None:
+    """The MindSpore ModelZoo EfficientNet-B2 recipe (GPU values of its src/config.py, its dataset.py),
+    written out here independently of the YAML, which must match it."""
     cfg = load_config(["--config", str(CONFIG_DIR / "efficientnet_b2_imagenet.yaml")])
     expected = dict(model="efficientnet_b2", class_num=1000, batch_size=128, loss_scale=1024.0, momentum=0.9,
                     weight_decay=1e-5, epoch_size=350, save_checkpoint=True, save_checkpoint_epochs=1,
