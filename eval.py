@@ -45,7 +45,7 @@ from src.writable import unwritable_output
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_BATCH_SIZE = 64
-EVAL_DATASET_KINDS = ("auto", "folder", "cifar10", "cifar100")
+EVAL_DATASET_KINDS = ("auto", "folder", "cifar10", "cifar100", "wds")
 MAX_DEFAULT_WORKERS = 8
 # Config keys eval.py honours when a --config YAML sets them (command-line flags still win).
 # `pretrained` is left out on purpose: in a training YAML it names the fine-tuning start, not what to score.
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dataset_path", metavar="DIR", help="dataset root (its val/ is used), a folder of class folders, or a "
                                               "CIFAR-10/100 folder (its test batch)")
     add("--dataset", choices=EVAL_DATASET_KINDS,
-        help="what --dataset_path holds (default: the config's, else auto: CIFAR files or class folders)")
+        help="what --dataset_path holds (default: the config's, else auto: CIFAR files or class folders; "
+             "wds: tar shards, a folder of val-*.tar, an index or a pattern such as 'DIR/val-{000000..000007}.tar')")
     add("--model", metavar="NAME", help="variant name; needed for plain state_dicts and --pretrained")
     add("--config", metavar="FILE", help="YAML config; its model, batch, worker and eval_* keys are used")
     add("--device_target", type=str.upper, choices=("GPU", "CPU"),
@@ -208,15 +209,19 @@ class EvalData:
     where: str
     images: np.ndarray | None = None
     name: str = "folder"
+    shards: Any = None  # src.shards.ShardSet for --dataset wds (samples then stay empty)
 
     def class_word(self, plural: bool = False) -> str:
         """What a class is in this data set, for messages: 'class folder(s)' or 'cifar10 class(es)'."""
+        if self.shards is not None:
+            return "shard classes" if plural else "shard class"
         if self.images is None:
             return "class folders" if plural else "class folder"
         return f"{self.name} classes" if plural else f"{self.name} class"
 
     def describe(self) -> str:
-        return f"{len(self.samples)} images in {len(self.classes)} {self.class_word(plural=True)} of {self.where}"
+        count = self.shards.total if self.shards is not None else len(self.samples)
+        return f"{count} images in {len(self.classes)} {self.class_word(plural=True)} of {self.where}"
 
 
 def _has_class_folders(root: Path) -> bool:
@@ -231,6 +236,8 @@ def read_eval_data(dataset_path: str, kind: str = "auto") -> EvalData:
     auto: CIFAR when the root holds CIFAR files, else folders; a root with both is an error, so
     nothing is scored by guess.
     """
+    if kind == "wds":
+        return _read_shards(dataset_path)
     root = Path(dataset_path)
     if kind == "auto":
         cifar = detect_cifar(root)
@@ -245,6 +252,16 @@ def read_eval_data(dataset_path: str, kind: str = "auto") -> EvalData:
     folder = resolve_eval_folder(root)
     classes, samples = list_class_folders(folder)
     return EvalData(samples, classes, str(folder))
+
+
+def _read_shards(dataset_path: str) -> EvalData:
+    """val shards; shards without class names (the hub's) score their labels as the model's indices."""
+    from src.shards import find_shards  # webdataset is needed only for shards
+    shards = find_shards(dataset_path, "val")
+    if shards is None or not shards.urls:
+        raise DatasetError(f"no validation shards in {dataset_path}: expected val-*.tar, an index file or a "
+                           "shard pattern (python -m src.shards IMAGE_ROOT OUT_DIR writes them)")
+    return EvalData([], list(shards.classes or []), shards.where, name="wds", shards=shards)
 
 
 def map_classes(data: EvalData, loaded: LoadedModel) -> tuple[list[str], list[tuple[str, int]]]:
@@ -279,6 +296,13 @@ def build_loader(data: EvalData, samples: list[tuple[str, int]], classes: list[s
     """``samples`` are ``data``'s, relabelled to the model's class indices."""
     transform = build_eval_transform(pre)
     dataset: Dataset
+    if data.shards is not None:
+        from src.shards import ShardEvalStream, make_eval_loader
+        index = {name: i for i, name in enumerate(classes)}
+        label_map = [index[name] for name in data.classes] if data.classes else None
+        stream = ShardEvalStream(data.shards, classes, transform, label_map)
+        return make_eval_loader(stream, info.rank, info.world_size, s.batch_size, num_workers=s.num_workers,
+                                collate_fn=collate_skip_broken, pin_memory=info.device.type == "cuda")
     if data.images is not None:
         dataset = ArrayImageDataset(data.images, [label for _, label in samples], classes, transform,
                                     f"{data.name}/test")

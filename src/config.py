@@ -103,8 +103,8 @@ class Config:
     # --- model and data ---
     model: str = _key("efficientnet_b0", "str", "network variant", choices=MODEL_NAMES)
     class_num: int | None = _nonneg_int(None, "number of classes; 0 or null = number of class folders", nullable=True)
-    dataset: str = _key("folder", "str", "dataset type: image folders or torchvision CIFAR",
-                        choices=("folder", "cifar10", "cifar100"))
+    dataset: str = _key("folder", "str", "dataset type: image folders, torchvision CIFAR or WebDataset tar shards",
+                        choices=("folder", "cifar10", "cifar100", "wds"))
     dataset_path: str | None = _key(None, "str", "dataset root (train/ and val/ class folders) or CIFAR download dir",
                                     nullable=True)
     val_split: float = _fraction(0.0, "fraction of train/ held out for validation; 0 = use DIR/val")

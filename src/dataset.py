@@ -9,6 +9,8 @@ Layouts accepted by `build_datasets` (cfg.dataset_path):
   root/train/<class>/* and root/val/<class>/*   class lists must agree
   root/train/<class>/* only, or root/<class>/*  split by cfg.val_split (stratified, seeded)
   CIFAR-10/100 python-format files               root/cifar-10-batches-py/ or root/cifar-100-python/
+  WebDataset tar shards (dataset 'wds')          a folder of train-*.tar / val-*.tar, an index, a pattern
+                                                 (src/shards.py)
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ __all__ = [
 ]
 
 DEFAULT_VAL_SPLIT = 0.1
-DATASET_KINDS = ("auto", "folder", "cifar10", "cifar100")
+DATASET_KINDS = ("auto", "folder", "cifar10", "cifar100", "wds")
 DOWNLOAD_CHUNK = 1 << 20
 UINT8_MAX = 255.0
 
@@ -185,9 +187,10 @@ def _cfg(cfg: Any, key: str, default: Any) -> Any:
 def build_datasets(cfg: Any, train_transform: Transform, eval_transform: Transform) -> DataSplits:
     """Train/val datasets from cfg.dataset_path (see module doc for layouts).
 
-    Keys read: dataset_path, dataset ('auto'|'folder'|'cifar10'|'cifar100'; auto recognises the
-    CIFAR folders), val_split (default 0.1, 0 = no val when there is no val/), seed, download.
-    CIFAR uses its training batches for train and its test batch for val (val_split unused).
+    Keys read: dataset_path, dataset ('auto'|'folder'|'cifar10'|'cifar100'|'wds'; auto recognises the
+    CIFAR folders), val_split (default 0.1, 0 = no val when there is no val/), seed, download,
+    class_num (shards that carry class indices only). CIFAR uses its training batches for train and
+    its test batch for val (val_split unused); shards bring their own val split.
     """
     path = _cfg(cfg, "dataset_path", None)
     if not path:
@@ -196,6 +199,8 @@ def build_datasets(cfg: Any, train_transform: Transform, eval_transform: Transfo
     kind = str(_cfg(cfg, "dataset", "auto")).lower()
     if kind not in DATASET_KINDS:
         raise DatasetError(f"dataset must be one of {DATASET_KINDS}, got {kind!r}")
+    if kind == "wds":
+        return _shard_splits(str(path), cfg, train_transform, eval_transform)
     if kind == "auto":
         kind = detect_cifar(root) or "folder"
     elif kind == "folder" and not (root / "train").is_dir() and detect_cifar(root):
@@ -206,6 +211,16 @@ def build_datasets(cfg: Any, train_transform: Transform, eval_transform: Transfo
                              train_transform, eval_transform)
     return _folder_splits(root, float(_cfg(cfg, "val_split", DEFAULT_VAL_SPLIT)),
                           int(_cfg(cfg, "seed", 0)), train_transform, eval_transform)
+
+
+def _shard_splits(path: str, cfg: Any, train_transform: Transform, eval_transform: Transform) -> DataSplits:
+    from src.shards import shard_splits  # webdataset is needed only for shards
+    if float(_cfg(cfg, "val_split", 0.0)) > 0:
+        raise DatasetError("val_split holds out images of a folder; shards bring their own val split "
+                           "(convert IMAGE_ROOT/val too), so drop --val_split with --dataset wds")
+    train, val, classes = shard_splits(path, train_transform, eval_transform, int(_cfg(cfg, "seed", 0)),
+                                       _cfg(cfg, "class_num", None))
+    return DataSplits(train, val, classes)
 
 
 def _folder_splits(root: Path, val_split: float, seed: int, train_transform: Transform,

@@ -392,6 +392,9 @@ def make_train_loader(run: Run, stage: StageSettings) -> DataLoader:
     transform = build_train_transform(augment_config(run.cfg, stage), stage.image_size, run.data.interpolation,
                                       eval_resize=_stage_resize(stage.image_size, run.data.preprocess))
     run.data.train.transform = transform  # type: ignore[attr-defined]
+    if run.cfg.dataset == "wds":  # a stream of tar shards: it follows the sampler's epoch plan itself
+        from src.shards import make_train_loader as make_shard_train_loader
+        return make_shard_train_loader(run.data.train, run.sampler, **_loader_kwargs(run))  # type: ignore[arg-type]
     return DataLoader(SeededDataset(run.data.train, run.cfg.seed), batch_size=run.cfg.batch_size,
                       sampler=run.sampler, drop_last=False, **_loader_kwargs(run))
 
@@ -400,6 +403,10 @@ def make_val_loader(run: Run) -> DataLoader | None:
     if run.data.val is None:
         return None
     val = run.data.val
+    if run.cfg.dataset == "wds":  # each shard's samples on one rank, no padding
+        from src.shards import make_eval_loader as make_shard_eval_loader
+        return make_shard_eval_loader(val, run.info.rank, run.info.world_size,  # type: ignore[arg-type]
+                                      run.cfg.eval_batch_size or run.cfg.batch_size, **_loader_kwargs(run))
     sampler = ShardedEvalSampler(len(val), run.info.rank, run.info.world_size)  # type: ignore[arg-type]
     return DataLoader(val, batch_size=run.cfg.eval_batch_size or run.cfg.batch_size, drop_last=False,
                       sampler=sampler, **_loader_kwargs(run))
