@@ -98,8 +98,9 @@ def draw_curves_matplotlib(panels: list[tuple[str, list[Series]]], out_png: str 
     dpi = 100
     fig, axes = plt.subplots(1, len(panels), figsize=(PANEL_W * len(panels) / dpi, PANEL_H / dpi), dpi=dpi)
     for ax, (title, series) in zip(axes, panels):
-        for label, xs, ys in series:
-            ax.plot(xs, ys, marker="o" if len(xs) < MAX_MARKED_POINTS else None, markersize=3, label=label)
+        for i, (label, xs, ys) in enumerate(series):  # the Pillow renderer's colours, series by series
+            ax.plot(xs, ys, marker="o" if len(xs) < MAX_MARKED_POINTS else None, markersize=3, label=label,
+                    color=tuple(c / 255 for c in COLORS[i % len(COLORS)]))
         ax.set_title(title), ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
         if len(series) > 1:
             ax.legend()

@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -92,21 +93,38 @@ def test_tqdm_bar_keeps_lines_in_log(tmp_path, capsys):
     assert captured.out.splitlines() == (tmp_path / "train.log").read_text().splitlines()
 
 
-def _has_color(image: Image.Image, color: tuple, panel: int) -> bool:
-    pixels = np.asarray(image)[:, panel * PANEL_W:(panel + 1) * PANEL_W]
-    return bool((pixels == np.array(color, dtype=np.uint8)).all(axis=-1).any())
+def _has_color(image: Image.Image, color: tuple, panel: int, tolerance: int = 0) -> bool:
+    """Some pixel of ``panel`` within ``tolerance`` (per channel) of ``color``."""
+    pixels = np.asarray(image).astype(np.int16)[:, panel * PANEL_W:(panel + 1) * PANEL_W]
+    return bool((np.abs(pixels - np.array(color, dtype=np.int16)) <= tolerance).all(axis=-1).any())
 
 
-def test_close_draws_three_panel_png(tmp_path):
+def _draw_with_monitor(tmp_path, matplotlib_installed: bool, monkeypatch) -> Image.Image:
+    if not matplotlib_installed:
+        monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails: the Pillow renderer
     monitor = TrainMonitor(tmp_path, epochs=2, steps_per_epoch=5, log_interval=1, use_tqdm=False)
     run_tiny_training(monitor)
     png = monitor.close()
     assert png == tmp_path / "curves.png"
     with Image.open(png) as image:
         assert (image.format, image.size) == ("PNG", (3 * PANEL_W, PANEL_H))
-        image = image.convert("RGB")
-        assert [_has_color(image, COLORS[0], p) for p in range(3)] == [True, True, True]
-        assert [_has_color(image, COLORS[1], p) for p in range(3)] == [False, True, False]  # only top-1 has 'ema'
+        return image.convert("RGB")
+
+
+def test_close_draws_three_panel_png(tmp_path, monkeypatch):
+    """Without matplotlib (forced, whether or not it is installed): Pillow draws the exact colours."""
+    image = _draw_with_monitor(tmp_path, False, monkeypatch)
+    assert [_has_color(image, COLORS[0], p) for p in range(3)] == [True, True, True]
+    assert [_has_color(image, COLORS[1], p) for p in range(3)] == [False, True, False]  # only top-1 has 'ema'
+
+
+def test_close_draws_three_panel_png_with_matplotlib(tmp_path, monkeypatch):
+    """With matplotlib: same size and panels; its anti-aliased lines only come near the colours."""
+    pytest.importorskip("matplotlib")
+    image = _draw_with_monitor(tmp_path, True, monkeypatch)
+    near = 40  # anti-aliasing blends a 1.5 px line with the white background
+    assert [_has_color(image, COLORS[0], p, near) for p in range(3)] == [True, True, True]
+    assert [_has_color(image, COLORS[1], p, near) for p in range(3)] == [False, True, False]
 
 
 def test_save_curves_png_with_no_validation(tmp_path):
