@@ -30,11 +30,14 @@ from src.export_check import DEFAULT_CHECK_TOLERANCE
 from src.onnx_export import (
     DEFAULT_OPSET, FORMATS, ExportError, benchmark, check_opset, export_source, load_source, output_path,
 )
+from src.models import ImportedWeights
+from src.models.layouts import save_weights
 from src.writable import why_not_writable
 
 EXIT_BAD_INPUT = 2
 INT8_SUFFIX = "_int8"
 BENCH_BATCHES = (1, 32)
+WEIGHT_FORMATS = {"SAFETENSORS": ".safetensors"}  # weights + metadata only (no graph), written by src.models.layouts
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,8 +48,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _format(text: str) -> str:
     value = text.upper()
-    if value not in FORMATS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(FORMATS)}")
+    if value not in (*FORMATS, *WEIGHT_FORMATS):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join((*FORMATS, *WEIGHT_FORMATS))}")
     return value
 
 
@@ -64,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "it has them, the weights its best was chosen by)")
     out = p.add_argument_group("output")
     out.add_argument("--file_name", help="output name without suffix (default: the model name)")
-    out.add_argument("--file_format", type=_format, default="ONNX", help="ONNX (default) or TORCHSCRIPT (.pt)")
+    out.add_argument("--file_format", type=_format, default="ONNX", help="ONNX (default), TORCHSCRIPT (.pt) or SAFETENSORS (weights, padding and "
+                     "preprocessing; loads wherever a .pth does)")
     out.add_argument("--width", type=int, help="input width (default: the checkpoint's eval crop)")
     out.add_argument("--height", type=int, help="input height (default: the checkpoint's eval crop)")
     out.add_argument("--batch_size", type=int, help="fixed batch size (default: dynamic batch axis)")
@@ -142,6 +146,12 @@ def run(args: argparse.Namespace) -> None:
     if source.weights_note:
         print(source.weights_note, flush=True)
     file_name = args.file_name or source.model_name
+    if args.file_format in WEIGHT_FORMATS:
+        path = Path(file_name).with_suffix(WEIGHT_FORMATS[args.file_format])
+        weights = ImportedWeights.from_model(source.model, source.preprocess.to_dict(), source.origin, source.classes)
+        print(f"wrote {save_weights(weights, path)} ({source.model_name}, {source.num_classes} classes, "
+              f"padding {weights.padding})")
+        return
     result = export_source(source, file_name, args.file_format, args.width, args.height, args.batch_size,
                            args.opset, args.fp16, count_ops=not args.no_op_counts,
                            check_tolerance=args.check_tolerance)

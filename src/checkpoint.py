@@ -110,7 +110,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == SAFETENSORS_SUFFIX:  # tensors + a str header only: it cannot carry code
-        from src.models.convert import WeightMismatchError, read_safetensors
+        from src.models.layouts import WeightMismatchError, read_safetensors
 
         try:
             return read_safetensors(path)

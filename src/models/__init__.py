@@ -1,5 +1,5 @@
 """EfficientNet B0–B7, Lite0–4 and V2-S/M/L, weight-compatible with torchvision; weights from any layout."""
-from .convert import ImportedWeights, WeightMismatchError, import_weights, read_weight_file
+from .layouts import ImportedWeights, WeightMismatchError, import_weights, read_weight_file
 from .effnet import (
     NETWORK_STRIDE,
     VARIANTS,

