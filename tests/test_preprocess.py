@@ -51,6 +51,30 @@ def jpegs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+def torchvision_eval_preset(resize: int, crop: int, interp: str):
+    """torchvision's ImageNet eval preset (its weights' ``.transforms()``) for any sizes, from public
+    v2 transforms: resize the shorter side (antialiased), centre crop, scale to [0, 1], normalise."""
+    import torch
+    from torchvision.transforms import InterpolationMode, v2
+
+    return v2.Compose([v2.Resize(resize, interpolation=InterpolationMode(interp), antialias=True),
+                       v2.CenterCrop(crop), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def test_the_explicit_preset_is_torchvisions(jpegs):
+    """The public weights' preset and the explicit transforms above agree."""
+    import torch
+    from torchvision.models import EfficientNet_B3_Weights
+
+    weights_preset = EfficientNet_B3_Weights.IMAGENET1K_V1.transforms()  # resize 320, crop 300, bicubic
+    for name, path in jpegs.items():
+        img = Image.open(path).convert("RGB")
+        # same pixels; /255 there, *(1/255) here: within a float32 rounding step of values up to ~2.7
+        torch.testing.assert_close(weights_preset(img), torchvision_eval_preset(320, 300, "bicubic")(img),
+                                   rtol=0, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("resize,crop,interp", [
     (256, 224, "bicubic"),   # B0
     (320, 300, "bicubic"),   # B3
@@ -59,11 +83,8 @@ def jpegs(tmp_path_factory) -> dict[str, Path]:
 ])
 def test_eval_image_matches_torchvision_preset(jpegs, resize, crop, interp):
     import torch
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms._presets import ImageClassification
 
-    reference = ImageClassification(crop_size=crop, resize_size=resize,
-                                    interpolation=InterpolationMode(interp))
+    reference = torchvision_eval_preset(resize, crop, interp)
     pre = Preprocess(resize, crop, interp, IMAGENET_MEAN, IMAGENET_STD)
     for name, path in jpegs.items():
         img = Image.open(path).convert("RGB")
