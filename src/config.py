@@ -107,7 +107,8 @@ class Config:
                         choices=("folder", "cifar10", "cifar100", "wds"))
     dataset_path: str | None = _key(None, "str", "dataset root (train/ and val/ class folders) or CIFAR download dir",
                                     nullable=True)
-    val_split: float = _fraction(0.0, "fraction of train/ held out for validation; 0 = use DIR/val")
+    val_split: float = _fraction(0.0, "with no DIR/val: fraction of the training images held out for validation "
+                                      "(0 = none); DIR/val, when it exists, is used instead")
     download: bool = _key(False, "bool", "download CIFAR into dataset_path if missing")
     image_size: int | None = _pos_int(None, "training crop size; null = the variant's train size", nullable=True,
                                       high=MAX_IMAGE_SIZE)
