@@ -16,13 +16,14 @@ convert to a Pillow image.
 
 Named strengths (`augment`):
   none      resize shorter side + centre crop only (no randomness)
-  light     random resized crop + horizontal flip + colour jitter 0.1
-  moderate  light + RandAugment(2, 9) + random erasing 0.1 (auto_augment = randaugment)
-  strong    crop + flip + AutoAugment(ImageNet) + colour jitter 0.4 + random erasing 0.25
+  light     random resized crop of 25-100% of the area (mild) + horizontal flip + colour jitter 0.1
+  moderate  Inception crop (crop_scale_min, default 8-100%) + flip + colour jitter 0.1 + RandAugment(2, 9)
+            + random erasing 0.1 (auto_augment = randaugment)
+  strong    Inception crop + flip + AutoAugment(ImageNet) + colour jitter 0.4 + random erasing 0.25
   custom    every key from the config as given
-A preset fills the policy keys (color_jitter, auto_augment, randaug_*, random_erasing) that the
-config did not set explicitly (`cfg.explicit`); explicit keys always win. RandAugment runs when
-auto_augment is 'randaugment', with randaug_num_ops / randaug_magnitude.
+A preset fills the policy keys (color_jitter, auto_augment, randaug_*, random_erasing; light also
+crop_scale_min) that the config did not set explicitly (`cfg.explicit`); explicit keys always win.
+RandAugment runs when auto_augment is 'randaugment', with randaug_num_ops / randaug_magnitude.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ AUTO_AUGMENT_POLICIES = ("none", "imagenet", "randaugment")
 ERASING_FILLS = ("zero", "random")
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "light": dict(color_jitter=0.1, auto_augment="none", random_erasing=0.0),
+    # mild crops (a quarter of the image or more), as fine-tune recipes use: small sets, few epochs
+    "light": dict(crop_scale_min=0.25, color_jitter=0.1, auto_augment="none", random_erasing=0.0),
     "moderate": dict(color_jitter=0.1, auto_augment="randaugment", randaug_num_ops=2,
                      randaug_magnitude=9, random_erasing=0.1),
     "strong": dict(color_jitter=0.4, auto_augment="imagenet", random_erasing=0.25),

@@ -287,6 +287,17 @@ def test_finetune_yaml_leaves_the_auto_keys_to_the_picker() -> None:
     assert (cfg.lr_max, cfg.epoch_size, cfg.batch_size, cfg.dropout) == (1e-3, 18, 32, 0.2)
 
 
+def test_finetune_yaml_light_augment_is_mild_crops_without_randaugment() -> None:
+    """finetune.yaml says "flips + mild crops (25-100% of the image) + colour jitter 0.1"."""
+    from src.transforms import resolve_augment
+
+    aug = resolve_augment(load_config(["--config", str(CONFIG_DIR / "finetune.yaml")]))
+    assert (aug.augment, aug.crop_scale_min, aug.hflip, aug.color_jitter) == ("light", 0.25, 0.5, 0.1)
+    assert (aug.auto_augment, aug.random_erasing) == ("none", 0.0)
+    # a crop_scale_min you set wins over the preset's
+    assert resolve_augment(load_config(["--augment", "light", "--crop_scale_min", "0.08"])).crop_scale_min == 0.08
+
+
 def test_help_lists_every_key_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         load_config(["--lr_max", "0.1", "--help"])
