@@ -31,6 +31,9 @@ from src.transforms import decode_crop_resize
 from tests.helpers_data import class_name, make_image_folder
 from tests.test_export import conditioned_model
 
+# As src.preprocess sets for every process (pytest replaces the filters it installed at import).
+pytestmark = pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
+
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 CLASSES = [class_name(i) for i in range(2)]
@@ -117,10 +120,11 @@ def test_over_the_limit_is_unreadable_even_where_warnings_stay_warnings(tmp_path
     """Pillow only warns between 1x and 2x its limit; `-W always` must not let such a file decode."""
     path = write_png_claiming(tmp_path / "band.png", *WARN_BAND)
     assert MAX_IMAGE_PIXELS < WARN_BAND[0] * WARN_BAND[1] <= 2 * MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(UnreadableImage, match="12000 x 10000 pixels is over the limit of 100,000,000"):
             load_rgb(path)
+    assert [w.category for w in caught] == [Image.DecompressionBombWarning]  # Pillow alone would have decoded it
 
 
 def test_a_header_at_the_limit_still_opens(tmp_path, no_pixel_decoding):
@@ -175,7 +179,8 @@ def test_training_skips_and_counts_hostile_images(trained):
 def test_eval_py_skips_and_counts_hostile_images_in_one_line_each(data, trained, tmp_path):
     assert trained["code"] == 0, trained["err"]
     out_json = tmp_path / "m.json"
-    proc = subprocess.run([sys.executable, "eval.py", "--checkpoint_path", str(next(trained["run_dir"].glob("*-best.pth"))),
+    checkpoint = next(trained["run_dir"].glob("*-best.pth"))
+    proc = subprocess.run([sys.executable, "eval.py", "--checkpoint_path", str(checkpoint),
                            "--dataset_path", str(data["scored"]), "--device_target", "CPU", "--num_workers", "0",
                            "--batch_size", "5", "--output_json", str(out_json)], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
