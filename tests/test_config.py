@@ -246,10 +246,27 @@ def test_markdown_table_has_a_row_per_key() -> None:
     assert modelzoo_keys <= set(CONFIG_KEYS)
 
 
+README_TABLE_START = "<!-- config-table:start"
+README_TABLE_END = "<!-- config-table:end -->"
+
+
+def test_readme_config_table_is_the_generated_one() -> None:
+    """The README's key table is `python -m src.config --markdown`, character for character."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count(README_TABLE_START) == 1 and readme.count(README_TABLE_END) == 1
+    start = readme.index("\n", readme.index(README_TABLE_START)) + 1
+    in_readme = readme[start:readme.index(README_TABLE_END)]
+    generated = markdown_table() + "\n"  # what `python -m src.config --markdown` prints (next test)
+    assert in_readme == generated, (
+        "README.md's config table is out of date: replace the lines between the config-table markers "
+        "with the output of `python -m src.config --markdown`")
+
+
 def test_module_entry_point_markdown_and_error_exit() -> None:
     ok = subprocess.run([sys.executable, "-m", "src.config", "--markdown"], cwd=REPO_ROOT, capture_output=True,
                         text=True, check=False)
     assert ok.returncode == 0 and ok.stdout.count("\n| `") == len(CONFIG_KEYS)
+    assert ok.stdout == markdown_table() + "\n"
     bad = subprocess.run([sys.executable, "-m", "src.config", "--batch_size", "-1"], cwd=REPO_ROOT,
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2
