@@ -90,6 +90,18 @@ def test_digits_yaml_is_an_offline_cpu_recipe() -> None:
     assert cfg.pretrained is None and cfg.download is False
 
 
+def test_digits_yaml_comments_match_its_values() -> None:
+    """Every "N epochs" in digits.yaml's comments is its epoch_size; the image size is 32 px."""
+    import re
+
+    text = (CONFIG_DIR / "digits.yaml").read_text()
+    comments = " ".join(line.split("#", 1)[1] for line in text.splitlines() if "#" in line)
+    cfg = load_config(["--config", str(CONFIG_DIR / "digits.yaml")])
+    epochs = re.findall(r"(\d+) epochs", comments)
+    assert epochs and set(epochs) == {str(cfg.epoch_size)}, epochs
+    assert set(re.findall(r"(\d+) px", comments)) == {str(cfg.image_size)}
+
+
 # --- defaults and overrides --------------------------------------------------------------------
 
 def test_defaults_without_arguments() -> None:
