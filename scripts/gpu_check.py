@@ -390,7 +390,7 @@ def _export_plan(ctx: Context) -> list[str] | str:
 
 def _benchmark_plan(ctx: Context) -> list[str]:
     return [ctx.python, "benchmark.py", "model", "--model", "efficientnet_b0", "--batch_size", "256", "--amp", "fp16",
-            "--rounds", "3", "--iters", "10", "--warmup", "5", "--json", str(ctx.workdir / "benchmark.json")]
+            "--rounds", "2", "--iters", "5", "--warmup", "3", "--json", str(ctx.workdir / "benchmark.json")]
 
 
 def _benchmark_metrics(output: str, ctx: Context) -> dict:
