@@ -129,15 +129,22 @@ def _run_with_timeout(command: Sequence[str], timeout_s: float, log: Path) -> tu
             code: int | None = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             code = None
-            for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, None)):
-                try:
-                    os.killpg(proc.pid, sig)
-                    proc.wait(timeout=wait_s)
-                    break
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    continue
+            _signal_group(proc.pid, signal.SIGTERM)  # torchrun passes it on to its workers
+            try:
+                proc.wait(timeout=KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(proc.pid, signal.SIGKILL)  # whatever of the group is still there
+            proc.wait()
         out.seek(0)
         return code, out.read()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _child_env() -> dict[str, str]:
