@@ -57,24 +57,24 @@ def test_monitor_writes_log_and_metrics(tmp_path, capsys):
     lines = (tmp_path / "run" / "train.log").read_text().splitlines()
     assert capsys.readouterr().out.splitlines() == lines
     steps = [STEP_RE.match(line).groups() for line in lines if line.startswith("epoch: ")]
-    # Logged at steps 2, 4 and the last step 5; loss = current/avg over the epoch so far.
+    # Logged at steps 2, 4 and the last step 5 (epochs 1-based); loss = current/avg over the epoch so far.
     assert [(int(g[0]), int(g[2]), g[4], g[5], g[6]) for g in steps] == [
-        (0, 2, "3.500", "3.750", "0.052000"), (0, 4, "2.500", "3.250", "0.052000"),
-        (0, 5, "2.000", "3.000", "0.052000"), (1, 2, "2.500", "2.750", "0.052000"),
-        (1, 4, "1.500", "2.250", "0.052000"), (1, 5, "1.000", "2.000", "0.052000")]
+        (1, 2, "3.500", "3.750", "0.052000"), (1, 4, "2.500", "3.250", "0.052000"),
+        (1, 5, "2.000", "3.000", "0.052000"), (2, 2, "2.500", "2.750", "0.052000"),
+        (2, 4, "1.500", "2.250", "0.052000"), (2, 5, "1.000", "2.000", "0.052000")]
     epochs = [EPOCH_RE.match(line) for line in lines if line.startswith("epoch time")]
     assert [(m.group(1), m.group(3)) for m in epochs] == [("3.000", None), ("2.000", "2")]
-    assert "val: epoch: [  1/  2], top-1: 0.60000, top-5: 0.90000, loss: 1.2500" in lines
-    assert "val(ema): epoch: [  0/  2], top-1: 0.55000, top-5: 0.95000" in lines
+    assert "val: epoch: [  2/  2], top-1: 0.60000, top-5: 0.90000, loss: 1.2500" in lines
+    assert "val(ema): epoch: [  1/  2], top-1: 0.55000, top-5: 0.95000" in lines
 
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["type"] for r in records] == (["step"] * 3 + ["epoch", "val", "val"]) * 2
     last_step = records[8]
     assert {k: last_step[k] for k in ("epoch", "step", "global_step", "epoch_progress", "loss", "avg_loss", "lr")} \
-        == {"epoch": 1, "step": 5, "global_step": 10, "epoch_progress": 2.0, "loss": 1.0, "avg_loss": 2.0, "lr": 0.052}
+        == {"epoch": 2, "step": 5, "global_step": 10, "epoch_progress": 2.0, "loss": 1.0, "avg_loss": 2.0, "lr": 0.052}
     assert last_step["mem_gb"] is None and 0.0 <= last_step["data_share"] <= 1.0
     assert records[9]["avg_loss"] == 2.0 and records[9]["broken_images"] == 2
-    assert records[11] == {"type": "val", "epoch": 1, "top1": 0.65, "top5": 0.95, "loss": None, "tag": "ema"}
+    assert records[11] == {"type": "val", "epoch": 2, "top1": 0.65, "top5": 0.95, "loss": None, "tag": "ema"}
 
 
 def test_non_main_process_is_silent(tmp_path, capsys):
