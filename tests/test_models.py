@@ -1,4 +1,5 @@
 """The network is exactly torchvision's: same parameters, same outputs, weights move both ways."""
+import copy
 import os
 import warnings
 
@@ -63,18 +64,6 @@ PUBLISHED_DROPOUT = {
 def _on_meta(fn):
     with torch.device("meta"):
         return fn()
-
-
-def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
-    """Give every BN non-trivial statistics and affine terms, so eval outputs exercise them."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-            m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def test_list_models_has_the_sixteen_variants():
@@ -312,24 +301,30 @@ def test_grad_checkpointing_equals_plain_path(name):
 
 def test_onnx_export_dynamic_batch_matches_pytorch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    model = build_model("efficientnet_b0", num_classes=10).eval()
-    _randomise_bn(model, seed=0)
+    model = _calibrated(lambda: build_model("efficientnet_b0", num_classes=10), seed=0)
+    reference64 = copy.deepcopy(model).double()  # float32's own error on these photos, to size the tolerance
     path = tmp_path / "b0.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.randn(1, 3, 64, 64),), str(path), dynamo=False,
+            model, (PHOTOS_64[:1],), str(path), dynamo=False,
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for batch in (1, 3):
-        x = torch.randn(batch, 3, 64, 64)
+    for batch in (1, len(PHOTOS_64)):
+        x = PHOTOS_64[:batch]
         with torch.no_grad():
             expected = model(x).numpy()
+            exact = reference64(x.double()).numpy()
         (got,) = session.run(None, {"input": x.numpy()})
         assert got.shape == (batch, 10)
-        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+        if batch > 1:
+            assert_spread(expected)
+        # onnxruntime (BN folded, other kernels) is as close to float64 as PyTorch's float32 is, within 4x
+        # (measured: 6e-5 vs 4.5e-5 on logits up to ~15)
+        float32_error = max(float(np.abs(expected - exact).max()), 1e-6)
+        assert float(np.abs(got - exact).max()) <= 4 * float32_error
 
 
 def test_trace_and_script_are_clean_and_equal():
