@@ -15,10 +15,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from src.preprocess import Preprocess
+
 # 24 real photos (Oxford 17 Category Flower Dataset, Nilsback & Zisserman 2006, 6 classes x 4,
 # shorter side 256 px): see tests/data/README.md.
 FLOWERS_DIR = Path(__file__).parent / "data" / "flowers17"
 MIN_DISTINCT_CLASSES = 3
+LOGIT_SCALE = 2.0  # calibrated_model's logits: a few units, like a trained classifier's
 
 
 def flower_paths() -> list[Path]:
@@ -62,6 +65,37 @@ def calibrate(model: nn.Module, images: torch.Tensor, seed: int = 0) -> nn.Modul
     weight = torch.randn_like(head.weight) / features.std(0).clamp_min(1e-6).mean() / features.shape[1] ** 0.5 * 3
     head.weight.copy_(weight)
     head.bias.copy_(-(features @ weight.T).mean(0))
+    return model
+
+
+def calibrated_model(name: str, num_classes: int, pre: Preprocess, images: torch.Tensor | None = None,
+                     seed: int = 0) -> nn.Module:
+    """A fresh ``name`` (src.models) ``calibrate``d on representative images, all at ``pre.crop``
+    with ``pre``'s normalisation: the 24 photos, ``images`` (e.g. the data a test scores) and the
+    synthetic photos export.py's numeric check feeds (src.export_check), so that every input the
+    test shows it stays within the range its BatchNorm statistics were measured on."""
+    from src.export_check import verification_batch
+    from src.models import build_model
+    from src.onnx_export import VERIFY_IMAGES
+
+    torch.manual_seed(seed)
+    model = build_model(name, num_classes=num_classes)
+    scored = [photo_batch(pre.crop, mean=pre.mean, std=pre.std)] + ([images] if images is not None else [])
+    calibrate(model, torch.cat([*scored, verification_batch(pre, VERIFY_IMAGES)]), seed)
+    return spread_head(model, torch.cat(scored))
+
+
+@torch.no_grad()
+def spread_head(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Rescale the classifier so each logit has median 0 and median absolute deviation LOGIT_SCALE
+    over ``images``: the typical image's arg-max varies. (Deep random networks such as B7 give a
+    few images outsized logits, which pull a mean and a standard deviation off.)"""
+    head = _last_linear(model)
+    logits = model(images).double()
+    centre = logits.median(0).values
+    gain = LOGIT_SCALE / (logits - centre).abs().median(0).values.clamp_min(1e-12)
+    head.weight.mul_(gain[:, None].to(head.weight.dtype))
+    head.bias.copy_(((head.bias.double() - centre) * gain).to(head.bias.dtype))
     return model
 
 
