@@ -26,6 +26,7 @@ from src.models.pretrained import pretrained_url
 from src.preprocess import Preprocess, eval_image, list_class_folders, load_rgb, normalize_batch
 from src.transforms import build_eval_transform
 from tests.helpers_data import class_name, make_image_folder, shape_image, smooth_photo, write_broken_file
+from tests.helpers_models import MIN_DISTINCT_CLASSES, calibrate, calibrated_model, photo_batch, spread_head
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,6 +61,24 @@ def _spread_classifier(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+def _eval_batch(folder: Path, pre: Preprocess = B0_SMALL) -> torch.Tensor:
+    """Every image under ``folder`` as eval.py feeds it (resize, centre crop, normalise), NCHW."""
+    _, samples = list_class_folders(folder)
+    images = np.stack([eval_image(load_rgb(path), pre) for path, _ in samples])
+    return torch.from_numpy(normalize_batch(images, pre.mean, pre.std))
+
+
+def _read_confusion(path: Path) -> np.ndarray:
+    """eval.py's --confusion_csv as a matrix: rows true classes, columns predicted ones."""
+    with open(path, newline="") as handle:
+        return np.array([[int(v) for v in row[1:]] for row in list(csv.reader(handle))[1:]])
+
+
+def _predicted_classes(confusion: np.ndarray) -> int:
+    """How many classes the model answered at least once."""
+    return int((confusion.sum(axis=0) > 0).sum())
+
+
 def _train_checkpoint(model: nn.Module, ema: dict | None = None) -> dict:
     """The dict train.py writes (CONTRACTS.md), reduced to what eval.py reads."""
     return {"model": model.state_dict(), "epoch": 1, "step": 7, "config": {}, "model_name": "efficientnet_b0",
@@ -80,11 +99,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
         for j in range(min(PER_CLASS), count):
             shape_image(k, len(CLASSES), (36, 40), rng).save(root / "val" / CLASSES[k] / f"extra_{j}.jpg")
     root3 = make_image_folder(tmp / "data3", classes=3, per_class=TV_IMAGES // 3, size=(40, 34), seed=1)
-    torch.manual_seed(0)
-    ours = _spread_classifier(build_model("efficientnet_b0", num_classes=len(CLASSES)), seed=1)
+    # Both networks are calibrated on the images they score (and real photos), so their answers
+    # vary from image to image: equal counts then mean equal per-image predictions.
+    ours = calibrated_model("efficientnet_b0", len(CLASSES), B0_SMALL, images=_eval_batch(root / "val"), seed=1)
     torch.save(_train_checkpoint(ours), tmp / "b0-1_7.pth")
     torch.manual_seed(0)
-    tv = _spread_classifier(torchvision.models.efficientnet_b0(num_classes=3), seed=2)
+    scored = torch.cat([photo_batch(CROP, mean=B0_SMALL.mean, std=B0_SMALL.std), _eval_batch(root3)])
+    tv = spread_head(calibrate(torchvision.models.efficientnet_b0(num_classes=3), scored, seed=2), scored)
     torch.save(tv.state_dict(), tmp / "tv_b0_3cls.pth")
     return {"tmp": tmp, "root": root, "root3": root3, "ckpt": tmp / "b0-1_7.pth", "tv": tmp / "tv_b0_3cls.pth"}
 
@@ -128,11 +149,13 @@ def test_odd_sized_set_scores_every_image_once_alone_and_under_torchrun(files, s
     assert alone["top_k"] == 5
     assert 0 < alone["correct_top1"] < alone["correct_top5"] < NUM_IMAGES  # non-degenerate predictions
     assert alone["preprocess"] == B0_SMALL.to_dict()  # taken from the checkpoint
+    confusion = _read_confusion(single_run["csv"])
+    assert _predicted_classes(confusion) >= MIN_DISTINCT_CLASSES  # the model's answer depends on the image
 
-    out_json = tmp_path / "dist.json"
+    out_json, out_csv = tmp_path / "dist.json", tmp_path / "dist.csv"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(REPO / "eval.py"), "--checkpoint_path", str(files["ckpt"]),
-           "--dataset_path", str(files["root"]), *FAST, "--output_json", str(out_json)]
+           "--dataset_path", str(files["root"]), *FAST, "--output_json", str(out_json), "--confusion_csv", str(out_csv)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -141,6 +164,7 @@ def test_odd_sized_set_scores_every_image_once_alone_and_under_torchrun(files, s
     assert dist["images"] == NUM_IMAGES
     for key in ("correct_top1", "correct_top5", "per_class"):
         assert dist[key] == alone[key], key
+    assert np.array_equal(_read_confusion(out_csv), confusion)  # every image answered alike
     assert dist["Top_1_Acc"] == alone["Top_1_Acc"] and dist["Top_5_Acc"] == alone["Top_5_Acc"]
     assert dist["Loss"] == pytest.approx(alone["Loss"], rel=1e-6)
     assert _result_line(proc.stdout) == _result_line(single_run["stdout"])
@@ -228,8 +252,8 @@ def test_metrics_equal_a_numpy_hand_computation(tmp_path):
 
 
 # ---------------------------------------------------------------- torchvision weights
-def _torchvision_correct(files) -> int:
-    """Top-1 hits of the saved torchvision model itself on our eval preprocessing."""
+def _torchvision_confusion(files) -> np.ndarray:
+    """The saved torchvision model's own confusion matrix on our eval preprocessing."""
     import torchvision
 
     tv = torchvision.models.efficientnet_b0(num_classes=3)
@@ -240,21 +264,27 @@ def _torchvision_correct(files) -> int:
     images = torch.stack([transform(path) for path, _ in samples])
     with torch.no_grad():
         pred = tv(to_device_normalized(images, B0_SMALL.mean, B0_SMALL.std, "cpu")).argmax(1)
-    return int((pred == torch.tensor([label for _, label in samples])).sum())
+    confusion = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(confusion, ([label for _, label in samples], pred.numpy()), 1)
+    return confusion
 
 
 def test_torchvision_state_dict_evaluates_through_run_eval_sh(files, tmp_path, capsys):
-    out_json = tmp_path / "tv.json"
+    out_json, out_csv = tmp_path / "tv.json", tmp_path / "tv.csv"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "run_eval.sh"), str(files["root3"]), str(files["tv"]),
-                           "--model", "efficientnet_b0", "--crop", str(CROP), *FAST, "--output_json", str(out_json)],
+                           "--model", "efficientnet_b0", "--crop", str(CROP), *FAST, "--output_json", str(out_json),
+                           "--confusion_csv", str(out_csv)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out_json.read_text())
-    expected = _torchvision_correct(files)
+    confusion = _torchvision_confusion(files)
+    expected = int(np.trace(confusion))
+    assert _predicted_classes(confusion) == 3  # the calibrated model answers every class for some image
     assert result["images"] == TV_IMAGES and result["num_classes"] == 3
     assert result["top_k"] == 3 and result["Top_5_Acc"] == 1.0  # top-k with k = min(5, 3 classes)
     assert result["preprocess"] == B0_SMALL.to_dict()  # --crop 32 alone keeps B0's 256/224 ratio -> 37
+    assert np.array_equal(_read_confusion(out_csv), confusion)  # image by image as torchvision answers
     assert result["correct_top1"] == expected
     assert f"ckpt = {files['tv']}" in _result_line(proc.stdout)
 
@@ -337,43 +367,31 @@ def _classify_feature_deviations(model: nn.Module, x: torch.Tensor, seed: int) -
         linear.bias.copy_(-weight @ mean)
 
 
-def test_onnx_runner_scores_every_image_as_eval_py_does(files, tmp_path, capsys):
+def test_onnx_runner_scores_every_image_as_eval_py_does(files, single_run, tmp_path, capsys):
     """export.py + infer/ on the checkpoint eval.py scores: same top-1/top-5, same confusion matrix.
 
-    The model has calibrated BN statistics (logits of a few units that vary from image to image),
-    so agreement cell by cell means the two share preprocessing to the pixel, not a constant guess.
+    The model is calibrated on these images (logits of a few units whose arg-max varies from image
+    to image), so agreement cell by cell means the two share preprocessing to the pixel, not a
+    constant guess. export.py's own check (float64 reference, synthetic photos) must pass.
     """
     import export as export_entry
     from infer.infer_onnx import run_inference
-    from tests.test_export import conditioned_model
 
-    model, _ = conditioned_model("efficientnet_b0", num_classes=len(CLASSES), size=CROP, seed=3, pre=B0_SMALL)
-    _, samples = list_class_folders(files["root"] / "val")
-    images = np.stack([eval_image(load_rgb(path), B0_SMALL) for path, _ in samples])
-    x = torch.from_numpy(normalize_batch(images, B0_SMALL.mean, B0_SMALL.std))
-    _classify_feature_deviations(model, x, seed=4)
-    ckpt = tmp_path / "calibrated.pth"
-    torch.save(_train_checkpoint(model), ckpt)
-    code, out, err = _run_main(capsys, ["--checkpoint_path", ckpt, "--dataset_path", files["root"], *FAST,
-                                        "--output_json", tmp_path / "e.json", "--confusion_csv", tmp_path / "cm.csv"])
-    assert code == 0, err
-    scored = json.loads((tmp_path / "e.json").read_text())
-    assert export_entry.main(["--checkpoint_path", str(ckpt), "--file_name", str(tmp_path / "b0"),
+    assert export_entry.main(["--checkpoint_path", str(files["ckpt"]), "--file_name", str(tmp_path / "b0"),
                               "--no_op_counts"]) == 0
-    capsys.readouterr()
+    assert "onnxruntime vs PyTorch float64 on 4 synthetic photos: max abs diff" in capsys.readouterr().out
     runner = run_inference(tmp_path / "b0.onnx", files["root"], device_target="CPU", batch_size=BATCH,
                            intra_op_threads=1, announce=lambda _: None)
 
+    scored = single_run["json"]
     assert len(runner.files) == scored["images"] == NUM_IMAGES
     predicted = runner.logits.argmax(axis=1)
-    assert len(set(predicted.tolist())) >= 3  # a varied classifier, not one constant answer
+    assert len(set(predicted.tolist())) >= MIN_DISTINCT_CLASSES  # a varied classifier, not one constant answer
     assert 0 < scored["correct_top1"] < scored["correct_top5"] < NUM_IMAGES
     assert runner.top1 == scored["Top_1_Acc"] and runner.top5 == scored["Top_5_Acc"]
     confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=int)
     np.add.at(confusion, (runner.labels, predicted), 1)
-    with open(tmp_path / "cm.csv", newline="") as handle:
-        table = list(csv.reader(handle))[1:]
-    assert confusion.tolist() == [[int(v) for v in row[1:]] for row in table]
+    assert np.array_equal(confusion, _read_confusion(single_run["csv"]))
 
 
 def test_cifar_test_batch_is_scored_with_names_matched_to_the_checkpoint(tmp_path, capsys):
