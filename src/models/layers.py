@@ -12,6 +12,7 @@ input size, so a strided SAME conv pads per input (:class:`Conv2dSame`). Both ke
 parameter names, so one state_dict loads into either.
 """
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -53,8 +54,10 @@ class Conv2dSame(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = same_padding(int(x.shape[-2]), self.kernel_size[0], self.stride[0])
-        left, right = same_padding(int(x.shape[-1]), self.kernel_size[1], self.stride[1])
+        with warnings.catch_warnings():  # traced (ONNX export): the pads are constants of the exported size
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            top, bottom = same_padding(int(x.shape[-2]), self.kernel_size[0], self.stride[0])
+            left, right = same_padding(int(x.shape[-1]), self.kernel_size[1], self.stride[1])
         x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 

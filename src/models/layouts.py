@@ -19,6 +19,7 @@ its own ones symmetric padding, with identical keys: the file name decides (``tf
 """
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import re
@@ -232,28 +233,42 @@ def convert_to_model(state: Mapping[str, Any], layout: Layout, model: EfficientN
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def _structure(name: str) -> EfficientNet:
-    """The variant's network on the meta device: shapes and structure, no memory."""
+    """The variant's network on the meta device: shapes and structure, no memory (built once; read only)."""
     with torch.device("meta"):
         return build_model(name)
 
 
+def _tensor_count(state: Mapping[str, Any]) -> int:
+    """Tensors that every layout has (BatchNorm batch counters are optional)."""
+    return sum(not key.endswith("num_batches_tracked") for key in state)
+
+
 def infer_variant(state: Mapping[str, Any], layout: Layout, source: str) -> str:
-    """The one variant whose every tensor (the classifier's class count aside) fits the file."""
-    fits, misfits = [], []
-    for name in VARIANTS:
-        try:
-            convert_to_model(state, layout, _structure(name), source)
-        except WeightMismatchError as exc:
-            misfits.append((_fitting_tensors(state, layout, _structure(name)), str(exc)))
-            continue
-        fits.append(name)
-    if not fits:  # the closest variant's first misfit is the most useful line
-        raise WeightMismatchError(max(misfits)[1] + " (the closest variant; no variant fits all its keys)")
+    """The one variant whose every tensor (the classifier's class count aside) fits the file.
+
+    Only variants with as many tensors as the file are tried; when none fits, the error is the
+    first misfit of the closest variant."""
+    count = _tensor_count(state)
+    fits = [name for name in VARIANTS
+            if _tensor_count(_structure(name).state_dict()) == count and _misfit(state, layout, name, source) is None]
     if len(fits) > 1:
         raise WeightMismatchError(f"{source} ({layout.name} layout) fits several variants ({', '.join(fits)}); "
                                   "pass --model NAME")
-    return fits[0]
+    if fits:
+        return fits[0]
+    closest = max(VARIANTS, key=lambda name: _fitting_tensors(state, layout, _structure(name)))
+    raise WeightMismatchError(f"{_misfit(state, layout, closest, source)} (the closest variant; none fits every key)")
+
+
+def _misfit(state: Mapping[str, Any], layout: Layout, name: str, source: str) -> str | None:
+    """Why the file does not fit variant ``name``; None when it fits."""
+    try:
+        convert_to_model(state, layout, _structure(name), source)
+    except WeightMismatchError as exc:
+        return str(exc)
+    return None
 
 
 def _fitting_tensors(state: Mapping[str, Any], layout: Layout, model: EfficientNet) -> int:
