@@ -455,12 +455,12 @@ def test_cifar_choice_check_mode_and_broken_files(files, tmp_path, capsys):
 
 # ---------------------------------------------------------------- preprocessing vs torchvision
 def test_eval_pipeline_matches_torchvision_preset_for_b0_and_b3(tmp_path):
-    """Variant metadata -> dataset transform -> device normalisation equals torchvision's preset.
+    """Variant metadata -> dataset transform -> device normalisation equals the eval transform
+    torchvision publishes with the weights (``Weights.transforms()``, offline, public API).
 
     (tests/test_preprocess.py checks eval_image + numpy normalisation; this checks the torch path
     eval.py uses and the resize/crop/interpolation stored for each variant.)"""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms._presets import ImageClassification
+    from torchvision.models import get_model_weights
 
     paths = []
     for i, size in enumerate([(500, 375), (301, 420)]):
@@ -469,8 +469,7 @@ def test_eval_pipeline_matches_torchvision_preset_for_b0_and_b3(tmp_path):
     for name in ("efficientnet_b0", "efficientnet_b3"):
         spec = get_variant(name)
         pre = Preprocess.for_variant(spec)
-        reference = ImageClassification(crop_size=spec.eval_crop, resize_size=spec.eval_resize,
-                                        interpolation=InterpolationMode(spec.interpolation))
+        reference = get_model_weights(name)["IMAGENET1K_V1"].transforms()
         transform = build_eval_transform(pre)
         for path in paths:
             ours = to_device_normalized(transform(path)[None], pre.mean, pre.std, "cpu")[0]

@@ -86,11 +86,6 @@ def ort_logits(path, x: np.ndarray) -> np.ndarray:
     return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
-def torch_logits(model, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return model(torch.from_numpy(x)).numpy()
-
-
 def assert_faithful(got: np.ndarray, model, x: torch.Tensor) -> None:
     """export.py's rule on another batch: within k x PyTorch's own float32 error of float64."""
     compare(got, float64_reference(model, x), DEFAULT_CHECK_TOLERANCE, "onnxruntime")
