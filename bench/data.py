@@ -257,6 +257,9 @@ def run(args: argparse.Namespace) -> dict:
     spec = get_variant(args.model)
     image_size = args.image_size or spec.eval_crop
     pre = Preprocess.for_image_size(image_size, spec) if args.image_size else Preprocess.for_variant(spec)
+    if args.source == "shards":  # the same JPEGs from files vs tar shards (bench/shard_data.py)
+        from .shard_data import run_shards
+        return run_shards(args, kinds_from_args(args), generate_jpegs, image_size, BATCH)
     pipes = build_pipelines(image_size, pre, args.train_interpolation)
     data_dir = args.data_dir or os.path.join(tempfile.gettempdir(), "effnet_bench_jpegs")
     cpu = torch.device("cpu")
@@ -309,6 +312,9 @@ IMPL_LABELS = {
 
 
 def print_report(payload: dict) -> None:
+    if payload.get("source") == "shards":
+        from .shard_data import print_report as print_shard_report
+        return print_shard_report(payload)
     m = payload["machine"]
     print(f"data pipelines, images/s per worker: crop {payload['image_size']} px, train "
           f"{payload['train_interpolation']}, eval {payload['preprocess']['resize']}->"
@@ -346,3 +352,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phone_size", type=parse_geometry, default=None, help="override 4000x3000")
     p.add_argument("--data_dir", default=None, help="where generated JPEGs are cached (default: the temp dir)")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--source", default="files", choices=("files", "shards"),
+                   help="files: ours vs torchvision's chain; shards: train.py's pipeline reading the same JPEGs "
+                        "from files vs from WebDataset tar shards (src/shards.py)")
+    p.add_argument("--shard_size_mb", type=float, default=256.0, help="with --source shards: largest shard")

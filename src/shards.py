@@ -465,11 +465,16 @@ class ShardTrainStream(IterableDataset):
         slots, slot = plan.world_size * workers, plan.rank * workers + stream
         done = len(range(stream, plan.start_batch, workers))
         left = len(range(stream, plan.num_batches, workers)) - done
-        rng = random.Random(sample_seed(self.seed, plan.epoch, slot))
-        samples = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(
-            self._cycle(self._stream_shards(slot, slots, plan.epoch), slot, plan.epoch))
-        decode = _Decoder(self.transform, len(self.classes))
+        shards = self._stream_shards(slot, slots, plan.epoch)
         skip = done * plan.batch_size
+        # Never buffer more than the stream yields or its shards hold: filling it would read samples
+        # only to drop them at the end of the epoch.
+        count = dict(zip(self.shards.urls, self.shards.counts))
+        held = sum(count[u] for u in shards)
+        size = max(1, min(self.shuffle_buffer, skip + left * plan.batch_size, held))
+        rng = random.Random(sample_seed(self.seed, plan.epoch, slot))
+        samples = wds.shuffle(size, initial=size, rng=rng)(self._cycle(shards, slot, plan.epoch))
+        decode = _Decoder(self.transform, len(self.classes))
         in_worker = get_worker_info() is not None
         for position, sample in enumerate(islice(samples, skip + left * plan.batch_size)):
             if position < skip:
