@@ -5,10 +5,15 @@ fuses into integer kernels and which other runtimes such as TensorRT read too), 
 int8 weights and uint8 activations (U8S8: the fast path of x86 and ARM int8 kernels).
 Activation ranges are calibrated on images decoded and preprocessed exactly as at inference,
 using the preprocessing stored in the model's metadata.
+
+On x86 CPUs without VNNI (AVX512-VNNI / AVX-VNNI / AMX), onnxruntime's U8S8 kernels multiply pairs
+of uint8 x int8 into int16 (vpmaddubsw), which saturates for large weights: there the weights are
+quantized to 7 bits (``reduce_range``), as onnxruntime's documentation advises.
 """
 from __future__ import annotations
 
 import os
+import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,11 +71,29 @@ def calibration_files(calib_dir: str | os.PathLike, limit: int) -> list[str]:
     return [files[i] for i in picks]
 
 
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """Whether this x86 CPU has an int8 dot-product instruction (non-x86 CPUs: True, nothing to avoid)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686") and cpuinfo is None:
+        return True
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return True  # unknown (e.g. macOS): keep full-range weights
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 class ImageCalibrationReader(CalibrationDataReader):
-    """Feeds preprocessed image batches to onnxruntime's calibrator; unreadable files are skipped."""
+    """Feeds preprocessed image batches to onnxruntime's calibrator; unreadable files are skipped.
+
+    Every batch has the same size (the last one is filled up with repeats of its own images):
+    onnxruntime's histogram calibrators (entropy, percentile) stack the batches into one array and
+    fail on a short last batch.
+    """
 
     def __init__(self, files: list[str], pre: Preprocess, input_name: str, batch_size: int,
-                 fixed_batch: bool = False) -> None:
+                 fixed_batch: bool = True) -> None:
         self.files, self.pre, self.input_name = files, pre, input_name
         self.batch_size, self.fixed_batch = batch_size, fixed_batch
         self.skipped: list[tuple[str, str]] = []
@@ -83,7 +106,7 @@ class ImageCalibrationReader(CalibrationDataReader):
             x = batch.images
             if len(x) == 0:
                 continue
-            if self.fixed_batch and len(x) < self.batch_size:  # repeat images to fill a fixed batch
+            if self.fixed_batch and len(x) < self.batch_size:  # repeat images to fill the batch
                 x = np.concatenate([x, x[np.arange(self.batch_size - len(x)) % len(x)]])
             self.used += len(batch.indices)
             yield {self.input_name: x}
@@ -117,7 +140,9 @@ def quantize_int8(
     fixed = batch_dim.HasField("dim_value") and batch_dim.dim_value > 0
     batch = batch_dim.dim_value if fixed else CALIB_BATCH
     files = calibration_files(calib_dir, calib_images)
-    reader = ImageCalibrationReader(files, info.preprocess, graph_input.name, batch, fixed)
+    reader = ImageCalibrationReader(files, info.preprocess, graph_input.name, min(batch, len(files)) if not fixed
+                                    else batch)
+    reduce_range = not cpu_has_vnni()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +153,7 @@ def quantize_int8(
             quantize_static(
                 prepared, str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CALIB_METHODS[method],
+                calibrate_method=CALIB_METHODS[method], reduce_range=reduce_range,
             )
         except Exception as exc:  # onnxruntime's tools raise assorted types
             out_path.unlink(missing_ok=True)
@@ -138,7 +163,8 @@ def quantize_int8(
     quantized = onnx.load(str(out_path))
     onnx.helper.set_model_props(quantized, {**props, KEY_PRECISION: "int8"})
     onnx.save(quantized, str(out_path))
-    announce(f"quantized int8 (QDQ, per-channel, {method} calibration on {reader.used} images "
+    weights = "7-bit weights (this CPU has no VNNI)" if reduce_range else "per-channel int8 weights"
+    announce(f"quantized int8 (QDQ, {weights}, uint8 activations, {method} calibration on {reader.used} images "
              f"from {calib_dir}) -> {out_path}")
     if reader.skipped:
         announce(f"calibration skipped {len(reader.skipped)} unreadable files: "
@@ -156,12 +182,19 @@ class Comparison:
     fp32_top5: float
     int8_top5: float
     agreement: float  # fraction of images whose top-1 class is the same in both models
+    fp32_images_per_s: float = float("nan")  # onnxruntime alone (decoding excluded), at the runner's batch
+    int8_images_per_s: float = float("nan")
+    batch_size: int = CALIB_BATCH
 
     def lines(self) -> list[str]:
+        speedup = self.int8_images_per_s / self.fp32_images_per_s if self.fp32_images_per_s > 0 else float("nan")
         return [
-            f"int8 vs fp32 on {self.images} images: top-1 {self.int8_top1:.5f} vs {self.fp32_top1:.5f} "
-            f"({self.int8_top1 - self.fp32_top1:+.5f}), top-5 {self.int8_top5:.5f} vs {self.fp32_top5:.5f} "
-            f"({self.int8_top5 - self.fp32_top5:+.5f})",
+            f"int8 vs fp32 on {self.images} images (onnxruntime CPU, batch {self.batch_size}):",
+            f"{'':6} {'top-1':>8} {'top-5':>8} {'images/s':>9}",
+            f"{'fp32':6} {self.fp32_top1:8.5f} {self.fp32_top5:8.5f} {self.fp32_images_per_s:9.1f}",
+            f"{'int8':6} {self.int8_top1:8.5f} {self.int8_top5:8.5f} {self.int8_images_per_s:9.1f}",
+            f"{'change':6} {self.int8_top1 - self.fp32_top1:+8.5f} {self.int8_top5 - self.fp32_top5:+8.5f} "
+            f"{speedup:8.2f}x",
             f"int8 and fp32 agree on the top-1 class of {self.agreement:.5f} of the images",
         ]
 
@@ -179,4 +212,5 @@ def compare_accuracy(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
     if len(ref.files) == 0:
         raise QuantizeError(f"no readable images in {eval_dir}")
     agree = float((ref.logits.argmax(1) == low.logits.argmax(1)).mean())
-    return Comparison(len(ref.files), ref.top1, low.top1, ref.top5, low.top5, agree)
+    return Comparison(len(ref.files), ref.top1, low.top1, ref.top5, low.top5, agree,
+                      ref.timing.model_images_per_second, low.timing.model_images_per_second, batch_size)
