@@ -316,6 +316,9 @@ def find_shards(path: str, split: str) -> ShardSet | None:
         files = sorted({f for name in SPLIT_NAMES[split] for pattern in (f"{name}-*.tar", f"*-{name}-*.tar")
                         for f in map(str, p.glob(pattern))})
         return _count_by_reading(files, str(p)) if files else None
+    if _is_local(path) and "{" not in path and not path.endswith(".tar"):
+        raise DatasetError(f"dataset path does not exist: {p}; give a folder of shards, an index file or a "
+                           "shard pattern such as 'DIR/train-{000000..000127}.tar'")
     urls = wds.shardlists.expand_urls(path)
     if not urls:
         raise DatasetError(f"no shards in {path!r}")
