@@ -604,7 +604,8 @@ def gather_rng_states(run: Run) -> list[dict] | None:
 
 
 def checkpoint_state(run: Run) -> dict[str, Any]:
-    """The checkpoint dict of CONTRACTS.md plus what exact resume needs; plain data only."""
+    """The checkpoint dict (model, epoch, step, config, classes, preprocess) plus what exact resume
+    needs; plain data only, so it loads with weights_only=True."""
     p = run.progress
     early = run.early_stop.state_dict() if run.early_stop is not None else None
     return {

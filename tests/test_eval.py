@@ -80,7 +80,7 @@ def _predicted_classes(confusion: np.ndarray) -> int:
 
 
 def _train_checkpoint(model: nn.Module, ema: dict | None = None) -> dict:
-    """The dict train.py writes (CONTRACTS.md), reduced to what eval.py reads."""
+    """The dict train.py writes (src/trainer.py checkpoint_state), reduced to what eval.py reads."""
     return {"model": model.state_dict(), "epoch": 1, "step": 7, "config": {}, "model_name": "efficientnet_b0",
             "num_classes": len(CLASSES), "classes": list(CLASSES), "preprocess": B0_SMALL.to_dict(), "ema": ema}
 
