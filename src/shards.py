@@ -57,6 +57,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from src.dataset import BrokenImageWarning
 from src.preprocess import DatasetError, UnreadableImage, list_class_folders, load_rgb
 from src.sampler import sample_seed
 
@@ -180,8 +181,8 @@ def convert(image_root: str | os.PathLike, out_dir: str | os.PathLike, shard_siz
     index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": classes, "splits": {}}
     for split, (_, samples) in listed.items():
         good, reasons = _readable(samples, workers)
-        skipped = [{"file": os.path.relpath(p, folders[split]), "reason": r}
-                   for (p, _), r in zip(samples, reasons) if r is not None]
+        skipped = [{"file": os.path.relpath(p, folders[split]), "reason": r.replace(p, os.path.relpath(p, root))}
+                   for (p, _), r in zip(samples, reasons) if r is not None]  # the index names no absolute path
         for entry in skipped:
             log(f"warning: skipping unreadable image {folders[split] / entry['file']}: {entry['reason']}")
         if split == "train":
@@ -233,20 +234,28 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _split_entry(index: dict, split: str) -> tuple[list[str], list[int]] | None:
+def _split_entry(index: dict, split: str, path: Path) -> tuple[list[str], list[int]] | None:
     """(file names, counts) of ``split`` in our index or the hub's _info.json; None when absent."""
     for name in SPLIT_NAMES[split]:
         entry = index["splits"].get(name)
-        if isinstance(entry, dict) and "shards" in entry:  # shards.json
-            return [s["file"] for s in entry["shards"]], [int(s["samples"]) for s in entry["shards"]]
-        if isinstance(entry, dict) and "filenames" in entry:  # _info.json
-            return list(entry["filenames"]), [int(n) for n in entry["shard_lengths"]]
+        try:
+            if isinstance(entry, dict) and "shards" in entry:  # shards.json
+                files, counts = [s["file"] for s in entry["shards"]], [int(s["samples"]) for s in entry["shards"]]
+            elif isinstance(entry, dict) and "filenames" in entry:  # _info.json
+                files, counts = list(entry["filenames"]), [int(n) for n in entry["shard_lengths"]]
+            else:
+                continue
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetError(f"{path}: split {name!r} is malformed ({type(e).__name__}: {e})") from None
+        if len(files) != len(counts) or not all(isinstance(f, str) for f in files):
+            raise DatasetError(f"{path}: split {name!r} lists {len(files)} files but {len(counts)} sample counts")
+        return files, counts
     return None
 
 
 def _from_index(path: Path, split: str) -> ShardSet | None:
     index = _read_json(path)
-    entry = _split_entry(index, split)
+    entry = _split_entry(index, split, path)
     if entry is None:
         return None
     files, counts = entry
@@ -289,7 +298,7 @@ def _from_urls(urls: list[str], where: str) -> ShardSet:
             data = _read_json(index)
             known = {}
             for split in SPLIT_NAMES:
-                entry = _split_entry(data, split)
+                entry = _split_entry(data, split, index)
                 if entry:
                     known.update(zip(entry[0], entry[1]))
             if all(Path(u).name in known for u in urls):
@@ -391,7 +400,6 @@ class _Decoder:
         self.transform, self.num_classes, self.label_map = transform, num_classes, label_map
 
     def __call__(self, sample: dict) -> Item:
-        from src.dataset import BrokenImageWarning  # here: src.dataset imports this module
         name = f"{sample.get('__url__')}:{sample.get('__key__')}"
         label, reason = -1, sample.get("__error__")
         if reason is None:
@@ -401,10 +409,11 @@ class _Decoder:
             if image is None:
                 reason = f"no image member ({', '.join(IMAGE_KEYS)})"
             else:
+                member = io.BytesIO(image)
                 try:
-                    return self.transform(io.BytesIO(image)), label, None
+                    return self.transform(member), label, None
                 except UnreadableImage as e:
-                    reason = e.reason
+                    reason = e.reason.replace(repr(member), "the member's bytes")
         warnings.warn(f"skipping unreadable image {name}: {reason}", BrokenImageWarning, stacklevel=2)
         return None, max(label, 0), name
 

@@ -244,6 +244,7 @@ def shard_run(shard_dir, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_training_from_shards_and_from_the_folder_run_equal_epochs(image_root, shard_run, tmp_path, capsys):
     readable = shutil.copytree(image_root, tmp_path / "readable")
     (readable / "train" / "class_01" / "broken.jpg").unlink()  # what the converter skipped
@@ -270,6 +271,7 @@ def _eval_json(capsys, tmp_path: Path, name: str, *argv) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_eval_on_val_shards_equals_the_val_folder_alone_and_under_torchrun(image_root, shard_dir, shard_run,
                                                                            tmp_path, capsys):
     ckpt = shard_run / f"efficientnet_b0-{EPOCHS}_6.pth"
@@ -294,6 +296,7 @@ def test_eval_on_val_shards_equals_the_val_folder_alone_and_under_torchrun(image
         assert dist[key] == folder[key], key
 
 
+@pytest.mark.slow
 def test_eval_counts_a_corrupt_member_and_goes_on(shard_dir, shard_run, tmp_path, capsys):
     garbled = _corrupt_copy(shard_dir, tmp_path / "garbled")
     result = _eval_json(capsys, tmp_path, "garbled", "--checkpoint_path", shard_run / f"efficientnet_b0-{EPOCHS}_6.pth",
@@ -309,6 +312,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_at_an_epoch_boundary_or_mid_epoch_equals_the_uninterrupted_run(shard_dir, shard_run,
                                                                                             tmp_path, capsys):
     killed = tmp_path / "killed"
@@ -332,6 +336,7 @@ def test_sigkill_then_resume_at_an_epoch_boundary_or_mid_epoch_equals_the_uninte
     assert _same(_weights(shard_run / final), _weights(tmp_path / "mid" / final))
 
 
+@pytest.mark.slow
 def test_two_processes_on_uneven_shards_take_the_same_steps(shard_dir, tmp_path):
     dump = tmp_path / "dump"
     n = len(list(shard_dir.glob("train-*.tar")))
