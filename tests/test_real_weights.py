@@ -31,7 +31,7 @@ IMAGENET_COFFEE = (504, 967, 968)  # coffee mug, espresso, cup
 FLOWER_CLASSES = ("daisy", "dandelion", "iris")  # 12 of the 24 committed photos keep each test to seconds
 # Largest |ours - timm| on a logit. Both run the same float32 ops; a padding or preprocessing bug moves logits by > 1.
 LOGIT_TOLERANCE = 1e-4
-MIN_SYMMETRIC_DISAGREEMENTS = 2  # of 16 photos; measured 4-7 per weight file
+MIN_SYMMETRIC_DISAGREEMENTS = 2  # of 16 photos; measured 3, 4 and 2 (Lite0, 1, 2), logits moved by 2-4
 
 
 def _photos() -> dict[str, Image.Image]:
