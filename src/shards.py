@@ -21,7 +21,8 @@ Reading (``--dataset wds``): ``--dataset_path`` is a folder of shards (train.py 
 and val-*.tar, eval.py val-*.tar; the hub's ``*-train-*.tar`` / ``*-validation-*.tar`` too), an
 index file (shards.json, or the hub's _info.json), or a shard pattern such as
 ``DIR/train-{000000..000127}.tar`` or ``pipe:curl -s URL/train-{0000..1023}.tar``, opened by
-webdataset. Sample counts come from the index; without one, local shards are counted once.
+webdataset. Sample counts come from the index; without one, local shards are counted by reading
+them (``python -m src.shards --index DIR`` does that once and writes DIR/shards.json).
 
 Training (`ShardTrainStream`): per epoch the shards are shuffled from (seed, epoch) and dealt out
 so every (rank, loader worker) reads its own; each worker shuffles through a seeded buffer and
@@ -62,7 +63,7 @@ from src.preprocess import DatasetError, UnreadableImage, list_class_folders, lo
 from src.sampler import sample_seed
 
 __all__ = ["DEFAULT_SHARD_MB", "INDEX_FILE", "ShardEvalStream", "ShardSet", "ShardTrainStream",
-           "class_names", "convert", "find_shards", "main", "make_eval_loader", "make_train_loader",
+           "class_names", "convert", "find_shards", "index_folder", "main", "make_eval_loader", "make_train_loader",
            "shard_splits"]
 
 INDEX_FILE = "shards.json"
@@ -191,9 +192,38 @@ def convert(image_root: str | os.PathLike, out_dir: str | os.PathLike, shard_siz
         index["splits"][split] = {"samples": len(good), "shards": shards, "skipped": skipped}
         log(f"{split}: {len(good)} images in {len(classes)} classes -> {len(shards)} shards in {out} "
             f"({len(skipped)} unreadable skipped)")
-    tmp = out / (INDEX_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / INDEX_FILE)
+    _write_index(index, out)
+    return index
+
+
+def _write_index(index: dict, folder: Path) -> None:
+    """shards.json, atomically; ASCII with escapes, so class names that are not UTF-8 survive."""
+    tmp = folder / (INDEX_FILE + ".tmp")
+    tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="ascii")
+    os.replace(tmp, folder / INDEX_FILE)
+
+
+def index_folder(folder: str | os.PathLike, log: Callable[[str], None] = print) -> dict:
+    """shards.json for a folder of shards written elsewhere (e.g. the hub's), counted by reading them
+    once, so later runs (and every process of a launch) do not read them all to count."""
+    out = Path(folder)
+    if not out.is_dir():
+        raise DatasetError(f"{out} is not a folder of shards")
+    if (out / INDEX_FILE).exists():
+        raise DatasetError(f"{out / INDEX_FILE} already exists")
+    index: dict[str, Any] = {"format": INDEX_FORMAT, "classes": None, "splits": {}}
+    for split in SPLIT_NAMES:
+        found = _glob_split(out, split)
+        if found:
+            counted = _count_by_reading(found, str(out))
+            index["splits"][split] = {"samples": counted.total, "shards": [
+                {"file": Path(u).name, "samples": n} for u, n in zip(counted.urls, counted.counts)]}
+            if counted.max_label is not None:
+                index["max_label"] = max(index.get("max_label", -1), counted.max_label)
+            log(f"{split}: {counted.total} samples in {len(found)} shards")
+    if not index["splits"]:
+        raise DatasetError(f"no train or val shards in {out} (train-*.tar, *-train-*.tar, val-*.tar, *-validation-*.tar)")
+    _write_index(index, out)
     return index
 
 
@@ -261,8 +291,9 @@ def _from_index(path: Path, split: str) -> ShardSet | None:
     files, counts = entry
     urls = [f if "/" in f or ":" in f else str(path.parent / f) for f in files]
     _check_local_files(urls)
-    classes = index.get("classes")
-    return ShardSet(tuple(urls), tuple(counts), tuple(classes) if classes else None, str(path))
+    classes, max_label = index.get("classes"), index.get("max_label")
+    return ShardSet(tuple(urls), tuple(counts), tuple(classes) if classes else None, str(path),
+                    int(max_label) if isinstance(max_label, int) else None)
 
 
 def _check_local_files(urls: Sequence[str]) -> None:
@@ -322,9 +353,12 @@ def find_shards(path: str, split: str) -> ShardSet | None:
         index = _index_beside(p)
         if index is not None:
             return _from_index(index, split)
-        files = sorted({f for name in SPLIT_NAMES[split] for pattern in (f"{name}-*.tar", f"*-{name}-*.tar")
-                        for f in map(str, p.glob(pattern))})
-        return _count_by_reading(files, str(p)) if files else None
+        files = _glob_split(p, split)
+        if not files:
+            return None
+        warnings.warn(f"{p} has no index: counting the samples of {len(files)} shards by reading them "
+                      f"(python -m src.shards --index {p} writes one)", stacklevel=2)
+        return _count_by_reading(files, str(p))
     if _is_local(path) and "{" not in path and not path.endswith(".tar"):
         raise DatasetError(f"dataset path does not exist: {p}; give a folder of shards, an index file or a "
                            "shard pattern such as 'DIR/train-{000000..000127}.tar'")
@@ -332,6 +366,12 @@ def find_shards(path: str, split: str) -> ShardSet | None:
     if not urls:
         raise DatasetError(f"no shards in {path!r}")
     return _from_urls(urls, path)
+
+
+def _glob_split(folder: Path, split: str) -> list[str]:
+    """Shard files of ``split`` in ``folder``: ours (train-*.tar) and the hub's (*-validation-*.tar)."""
+    return sorted({f for name in SPLIT_NAMES[split] for pattern in (f"{name}-*.tar", f"*-{name}-*.tar")
+                   for f in map(str, folder.glob(pattern))})
 
 
 def sibling_val(path: str) -> ShardSet | None:
@@ -576,12 +616,20 @@ def make_eval_loader(dataset: ShardEvalStream, rank: int, world: int, batch_size
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.shards", description=__doc__.split("\n\n")[0])
     parser.add_argument("image_root", help="IMAGE_ROOT/train/<class>/* and IMAGE_ROOT/val/<class>/*")
-    parser.add_argument("out_dir", help="folder for train-NNNNNN.tar, val-NNNNNN.tar and shards.json")
+    parser.add_argument("out_dir", nargs="?", help="folder for train-NNNNNN.tar, val-NNNNNN.tar and shards.json")
+    parser.add_argument("--index", action="store_true",
+                        help="IMAGE_ROOT is a folder of shards written elsewhere (e.g. the hub's): count them once "
+                             "and write its shards.json")
     parser.add_argument("--shard_size_mb", type=float, default=DEFAULT_SHARD_MB, help="largest shard (default 256)")
     parser.add_argument("--workers", type=int, default=min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1),
                         help="processes that check the images (default: CPUs, at most 8)")
     args = parser.parse_args(argv)
     try:
+        if args.index:
+            index_folder(args.image_root)
+            return 0
+        if args.out_dir is None:
+            raise DatasetError("OUT_DIR is missing: python -m src.shards IMAGE_ROOT OUT_DIR")
         convert(args.image_root, args.out_dir, args.shard_size_mb, max(1, args.workers))
     except (DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

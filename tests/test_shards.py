@@ -29,8 +29,8 @@ import eval as eval_entry
 import train
 from src.dataset import collate_skip_broken
 from src.preprocess import Preprocess
-from src.shards import (INDEX_FILE, ShardEvalStream, ShardTrainStream, convert, find_shards, make_eval_loader,
-                        make_train_loader)
+from src.shards import (INDEX_FILE, ShardEvalStream, ShardTrainStream, class_names, convert, find_shards,
+                        index_folder, make_eval_loader, make_train_loader)
 from src.trainer import DUMP_WEIGHTS_ENV
 from src.transforms import build_eval_transform, build_train_transform
 from tests.helpers_data import make_image_folder, write_broken_file
@@ -142,8 +142,15 @@ def test_shard_locations_folder_pattern_and_index_agree(shard_dir):
     bare.mkdir()
     for url in folder.urls[:2]:
         shutil.copy(url, bare / Path(url).name.replace("train-", "imagenet1k-train-"))
-    counted = find_shards(str(bare), "train")
-    assert counted.counts == folder.counts[:2] and counted.classes is None and counted.max_label is not None
+    with pytest.warns(UserWarning, match="no index: counting the samples of 2 shards"):
+        counted = find_shards(str(bare), "train")
+    assert counted.counts == folder.counts[:2] and counted.classes is None
+    assert class_names(counted, None) == [str(i) for i in range(counted.max_label + 1)]
+    assert class_names(counted, 5) == ["0", "1", "2", "3", "4"]
+    index_folder(bare, log=lambda line: None)  # counted once, then read from bare/shards.json
+    indexed = find_shards(str(bare), "train")
+    assert indexed.urls == counted.urls and indexed.counts == counted.counts and indexed.where.endswith(INDEX_FILE)
+    assert indexed.max_label == counted.max_label and find_shards(str(bare), "val") is None
 
 
 # ---------------------------------------------------------------- the training stream
