@@ -3,6 +3,7 @@
     python eval.py --checkpoint_path checkpoint/efficientnet_b2-350_625.pth --dataset_path /data/imagenet
     python eval.py --model efficientnet_b0 --pretrained --dataset_path /data/imagenet   # torchvision weights
     torchrun --nproc_per_node 8 eval.py --checkpoint_path ... --dataset_path ...     # same numbers, faster
+    python eval.py --checkpoint_path ... --dataset wds --dataset_path /data/imagenet-wds  # tar shards (val-*.tar)
 
 The checkpoint is a train.py checkpoint (model name, classes and preprocessing are read from it), a
 plain state_dict such as torchvision's (``--model`` names the variant; the class count comes from
