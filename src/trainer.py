@@ -49,7 +49,7 @@ from src.host_memory import reuse_freed_memory
 from src.loss import build_loss
 from src.lr_generator import LRSchedule
 from src.mixup import mix_batch
-from src.models import NETWORK_STRIDE, WeightsNotInstalled, build_model, build_pretrained, get_variant
+from src.models import NETWORK_STRIDE, WeightsNotInstalled, build_model, get_variant, load_weights, resolve_weights
 from src.models.pretrained import check_imagenet_available
 from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides
 from src.monitor import EarlyStopping, TrainMonitor, format_lr
@@ -287,12 +287,13 @@ def _load_pretrained(cfg: Config, num_classes: int, info: DistInfo, options: dic
     try:
         with warnings.catch_warnings():  # torch's pickle-protocol warning before it refuses a file
             warnings.simplefilter("ignore", UserWarning)
-            model, weights = build_pretrained(cfg.model, source, num_classes, forced, progress=info.is_main,
-                                              read=load_checkpoint, bn_eps=cfg.bn_eps, **options)
-        cfg.padding, cfg.bn_eps = weights.padding, model.bn_eps
+            weights = resolve_weights(cfg.model, source, info.is_main, forced, read=load_checkpoint)
         if info.is_main:
-            print("\n".join(weights.notes), flush=True)
-        return model
+            print("\n".join(weights.notes), flush=True)  # layout, padding, eps, preprocessing: before the head notice
+        model = build_model(weights.model_name, num_classes=num_classes, padding=weights.padding,
+                            bn_eps=cfg.bn_eps or weights.bn_eps, **options)
+        cfg.padding, cfg.bn_eps = weights.padding, model.bn_eps
+        return load_weights(model, weights)
     except WeightsNotInstalled as exc:
         raise TrainInputError(str(exc)) from None
     except FileNotFoundError:
