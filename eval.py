@@ -37,7 +37,7 @@ from src.host_memory import reuse_freed_memory
 from src.model_loading import (
     IMAGENET, LoadedModel, ModelLoadError, apply_eval_overrides, load_published, load_trained,
 )
-from src.models import WeightMismatchError, get_variant
+from src.models import PADDINGS, WeightMismatchError, get_variant
 from src.preprocess import (INTERPOLATIONS, MAX_IMAGE_SIZE, DatasetError, Preprocess, list_class_folders,
                             resolve_eval_folder)
 from src.transforms import build_eval_transform
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the config's, else GPU when CUDA is available, else CPU")
     add("--batch_size", type=int, metavar="N", help=f"images per batch per process (default {DEFAULT_BATCH_SIZE})")
     add("--num_workers", type=int, metavar="N", help="data loader processes per process")
+    add("--padding", choices=PADDINGS, help="force the conv padding of a weight file (default: what "
+        "the file says or its layout implies; same = TensorFlow's, for Google's checkpoints)")
     add("--use_ema", nargs="?", const="true", type=str.lower, choices=("true", "false"),
         help="true: the checkpoint's EMA weights, false: its raw weights (default: EMA when it has them, "
              "the weights its best was chosen by)")
@@ -165,8 +167,8 @@ def merge_settings(args: argparse.Namespace) -> Settings:
 def load_model(s: Settings, progress: bool) -> LoadedModel:
     """--checkpoint_path (train.py checkpoint or plain state_dict) or --pretrained, via src.model_loading."""
     if s.checkpoint_path:
-        return load_trained(s.checkpoint_path, s.model, s.use_ema, s.model_origin, s.class_num)
-    return load_published(s.model, str(s.pretrained), progress=progress, class_num=s.class_num)
+        return load_trained(s.checkpoint_path, s.model, s.use_ema, s.model_origin, s.class_num, s.args.padding)
+    return load_published(s.model, str(s.pretrained), progress=progress, class_num=s.class_num, padding=s.args.padding)
 
 
 # --------------------------------------------------------------------------------------------

