@@ -70,12 +70,13 @@ def make_new_run_dir(base: Path, model: str) -> Path:
 
 
 def resolve_run_dir(save_path: str, model: str, exact: bool, resume: str | None, overwrite: bool,
-                    create: bool) -> tuple[Path, list[Path]]:
+                    create: bool, judge: bool = True) -> tuple[Path, list[Path]]:
     """(the run folder, earlier run files to delete before training). ``create`` False (``--check``,
-    ranks other than 0) makes nothing: a new folder's name is then only a preview."""
+    ranks other than 0) makes nothing: a new folder's name is then only a preview. ``judge`` False
+    (ranks other than 0) skips the occupied-folder check: rank 0 may already have written there."""
     if exact:
         folder = Path(save_path)
-        return folder, check_reuse(folder, overwrite, resuming=resume is not None)
+        return folder, check_reuse(folder, overwrite, resuming=resume is not None) if judge else []
     if resume is not None:
         return Path(resume).parent, []
     base = Path(save_path)

@@ -885,7 +885,7 @@ def choose_run_dir(cfg: Config, create: bool) -> Path:
     try:
         run_dir, stale = resolve_run_dir(cfg.save_checkpoint_path, cfg.model,
                                          exact="save_checkpoint_path" in cfg.command_line, resume=cfg.resume,
-                                         overwrite=cfg.overwrite, create=create)
+                                         overwrite=cfg.overwrite, create=create, judge=_is_main_launch())
     except RunDirError as exc:
         raise TrainInputError(str(exc)) from None
     if create:
