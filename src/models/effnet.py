@@ -99,7 +99,8 @@ class VariantSpec:
 
     ``train_size`` is the paper's training resolution; ``eval_resize`` → ``eval_crop`` with
     ``interpolation`` and ``mean``/``std`` is the preprocessing of torchvision's released
-    weights (IMAGENET1K_V1), under which their published accuracy is reached.
+    weights (IMAGENET1K_V1; for Lite, Google's), under which their published accuracy is reached.
+    Other weight sources' settings are in src.models.weights.
     """
 
     name: str

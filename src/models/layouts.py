@@ -75,12 +75,7 @@ class Layout:
     blocks: str  # block prefix, formatted with stage, index (in the stage) and flat (over all blocks)
     kinds: tuple[BlockKind, ...]
     convention: str | None  # who trained files of this layout; None: the keys cannot tell
-
-    @property
-    def roots(self) -> set[str]:
-        """Top-level names of the layout's keys (for telling how close an unknown file is)."""
-        names = (*self.stem, *self.head, self.classifier, self.blocks)
-        return {name.split(".")[0] for name in names}
+    roots: frozenset[str]  # top-level names of its keys, for telling how close an unknown file is
 
 
 SE_TIMM = Unit("se.conv_reduce", expand="se.conv_expand")
@@ -96,6 +91,7 @@ TIMM_LAYOUT = Layout(
         BlockKind("ConvBnAct", ("conv",), (Unit("conv", "bn1"),)),
     ),
     convention=None,
+    roots=frozenset({"conv_stem", "bn1", "blocks", "conv_head", "bn2", "classifier"}),
 )
 EFFICIENTNET_PYTORCH_LAYOUT = Layout(
     name="efficientnet_pytorch", description="efficientnet_pytorch (_conv_stem, _blocks.N, _fc)",
@@ -107,11 +103,12 @@ EFFICIENTNET_PYTORCH_LAYOUT = Layout(
                    Unit("_se_reduce", expand="_se_expand"), Unit("_project_conv", "_bn2"))),
     ),
     convention=TENSORFLOW,
+    roots=frozenset({"_conv_stem", "_bn0", "_blocks", "_conv_head", "_bn1", "_fc"}),
 )
-TORCHVISION_LAYOUT = Layout(
+TORCHVISION_LAYOUT = Layout(  # our own keys: nothing to rename, so no head/block tables
     name="torchvision", description="torchvision / this project (features.N, classifier.1)",
-    stem=("features.0.0", "features.0.1"), head=("features", "features"), classifier="classifier.1",
-    blocks="features.{stage}", kinds=(), convention=TORCHVISION,
+    stem=("features.0.0", "features.0.1"), head=("", ""), classifier="classifier.1",
+    blocks="", kinds=(), convention=TORCHVISION, roots=frozenset({"features", "classifier"}),
 )
 LAYOUTS = (TORCHVISION_LAYOUT, TIMM_LAYOUT, EFFICIENTNET_PYTORCH_LAYOUT)
 
