@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from src.models.layouts import strip_wrapper_prefixes
+
 CHECKPOINT_SUFFIX = ".pth"
 SAFETENSORS_SUFFIX = ".safetensors"  # read as {"model": tensors, **metadata}
 BEST_TAG = "best"
-# Prefixes added by wrappers: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Fragments of torch's weights-only unpickler errors that mean "this file wants to build Python
 # objects" (as opposed to "these bytes are not a pickle at all").
 _UNSAFE_MARKERS = ("GLOBAL ", "Can only build", "Can only create new object")
@@ -206,16 +206,6 @@ def restore_rng_state(state: dict) -> None:
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
-
-def strip_wrapper_prefixes(key: str) -> str:
-    """'module._orig_mod.features.0' -> 'features.0' (DDP and torch.compile wrap in any order)."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
-    return key
 
 
 def extract_state_dict(obj: dict, use_ema: bool = False) -> dict:

@@ -113,18 +113,20 @@ TORCHVISION_LAYOUT = Layout(  # our own keys: nothing to rename, so no head/bloc
 LAYOUTS = (TORCHVISION_LAYOUT, TIMM_LAYOUT, EFFICIENTNET_PYTORCH_LAYOUT)
 
 
+def strip_wrapper_prefixes(key: str) -> str:
+    """'module._orig_mod.features.0' -> 'features.0' (DDP and torch.compile wrap in any order)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
 def strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
-    """'module._orig_mod.x' -> 'x': DDP and torch.compile prefixes, in any order."""
-    clean = {}
-    for key, value in state.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
-        clean[key] = value
-    return clean
+    """'module._orig_mod.x' -> 'x' for every key: DDP and torch.compile prefixes, in any order."""
+    return {strip_wrapper_prefixes(key): value for key, value in state.items()}
 
 
 def detect_layout(state: Mapping[str, Any], source: str) -> Layout:
