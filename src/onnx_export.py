@@ -85,13 +85,20 @@ def preprocess_for_size(pre: Preprocess, size: int) -> Preprocess:
 
 
 def imagenet_categories(model_name: str) -> list[str] | None:
-    """The 1000 class names shipped with torchvision's weight enum (offline), if available."""
+    """The 1000 ImageNet class names shipped with torchvision's weight enums (offline), if available.
+
+    Variants torchvision lacks (Lite) use B0's list: every ImageNet-1k checkpoint, Google's TF ones
+    included, uses the same 1000 classes in the same (sorted WordNet id) order."""
     try:
         from torchvision.models import get_model_weights
-
-        return list(get_model_weights(model_name)[PRETRAINED_TAG].meta["categories"])
-    except (ImportError, KeyError, ValueError):
+    except ImportError:
         return None
+    for name in (model_name, "efficientnet_b0"):
+        try:
+            return list(get_model_weights(name)[PRETRAINED_TAG].meta["categories"])
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 def load_source(
@@ -209,7 +216,10 @@ def export_onnx(
     example = random_batch(batch_size or VERIFY_BATCH, size)
     dynamic = None if batch_size else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # SAME padding's asymmetric F.pad exports a Slice the folder leaves as it is (the graph is
+        # still exact: export.py's float64 check runs on it); the exporter's note is not the user's business.
+        warnings.filterwarnings("ignore", message=r"Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(
             net, (example,), buffer, dynamo=False, export_params=True, opset_version=opset,
             do_constant_folding=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -126,3 +126,13 @@ def test_a_symmetric_padding_build_of_the_same_weights_is_visibly_different(lite
         score = [float(torch.logsumexp(right[i, list(c)], 0)) for i, c in labels.items()]
         sym_score = [float(torch.logsumexp(sym[i, list(c)], 0)) for i, c in labels.items()]
         assert np.mean(sym_score) < np.mean(score)
+
+
+def test_lite_exports_carry_imagenet_class_names():
+    """Lite has no torchvision weight enum; its ImageNet files get the same 1000 names (the same order)."""
+    from src.onnx_export import imagenet_categories
+
+    names = imagenet_categories("efficientnet_lite0")
+    assert names is not None and len(names) == 1000
+    assert (names[0], names[281], names[985]) == ("tench", "tabby", "daisy")
+    assert names == imagenet_categories("efficientnet_b3")
