@@ -11,7 +11,7 @@ $(if $(VIRTUAL_ENV),,$(VENV)/bin/python):
 install: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
 	$(PY) -m pip install -q -r requirements-dev.txt
 
-# Run the whole test suite (CPU only, about 5 minutes on 2 cores after the install: 603 tests).
+# Run the whole test suite (CPU only, about 5 minutes on 2 cores after the install: 604 tests).
 test: install
 	$(PY) -m pytest -q -n 2 tests
 
