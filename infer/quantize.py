@@ -138,10 +138,9 @@ def quantize_int8(
     graph_input = model.graph.input[0]
     batch_dim = graph_input.type.tensor_type.shape.dim[0]
     fixed = batch_dim.HasField("dim_value") and batch_dim.dim_value > 0
-    batch = batch_dim.dim_value if fixed else CALIB_BATCH
     files = calibration_files(calib_dir, calib_images)
-    reader = ImageCalibrationReader(files, info.preprocess, graph_input.name, min(batch, len(files)) if not fixed
-                                    else batch)
+    batch = batch_dim.dim_value if fixed else min(CALIB_BATCH, len(files))
+    reader = ImageCalibrationReader(files, info.preprocess, graph_input.name, batch)
     reduce_range = not cpu_has_vnni()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

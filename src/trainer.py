@@ -288,7 +288,7 @@ def _load_pretrained(cfg: Config, num_classes: int, info: DistInfo, options: dic
         with warnings.catch_warnings():  # torch's pickle-protocol warning before it refuses a file
             warnings.simplefilter("ignore", UserWarning)
             weights = resolve_weights(cfg.model, source, info.is_main, forced, read=load_checkpoint)
-        if info.is_main:
+        if info.is_main and weights.notes:
             print("\n".join(weights.notes), flush=True)  # layout, padding, eps, preprocessing: before the head notice
         model = build_model(weights.model_name, num_classes=num_classes, padding=weights.padding,
                             bn_eps=cfg.bn_eps or weights.bn_eps, **options)
