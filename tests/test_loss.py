@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.config import load_config
+from src.config import ConfigError, load_config
 from src.loss import SmoothedCrossEntropy, build_loss
 
 LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
@@ -37,16 +37,29 @@ def test_soft_targets_are_smoothed_like_mixed_one_hots() -> None:
     assert loss_fn(logits, soft).item() == pytest.approx(mixed.item(), abs=1e-12)
 
 
-def test_equals_torch_label_smoothing_rescaled() -> None:
-    # torch spreads eps / C over all classes; ModelZoo spreads eps / (C - 1) over the others.
-    torch.manual_seed(0)
-    logits, target, eps, classes = torch.randn(6, 5, dtype=torch.float64), torch.randint(0, 5, (6,)), 0.1, 5
-    ours = SmoothedCrossEntropy(classes, eps)(logits, target)
-    assert ours.item() == pytest.approx(F.cross_entropy(logits, target, label_smoothing=eps * classes / (classes - 1))
-                                        .item(), abs=1e-12)
-    assert ours.item() != pytest.approx(F.cross_entropy(logits, target, label_smoothing=eps).item(), abs=1e-6)
-    assert SmoothedCrossEntropy(classes, 0.0)(logits, target).item() == pytest.approx(
-        F.cross_entropy(logits, target).item(), abs=1e-12)
+def _explicit_smoothed_ce(logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
+    """-sum(t * log_softmax) with t built by hand: off = eps / (C - 1) everywhere, on = 1 - eps at the label."""
+    classes = logits.shape[1]
+    hard = F.one_hot(target, classes).to(logits.dtype) if target.ndim == 1 else target
+    smoothed = hard * (1 - eps - eps / (classes - 1)) + eps / (classes - 1)
+    return -(smoothed * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+@pytest.mark.parametrize("classes, eps", [(5, 0.1), (2, 0.3), (10, 0.9)])
+def test_equals_explicit_modelzoo_targets_for_indices_and_probabilities(classes: int, eps: float) -> None:
+    generator = torch.Generator().manual_seed(classes)
+    logits = torch.randn(6, classes, dtype=torch.float64, generator=generator) * 3
+    labels = torch.randint(0, classes, (6,), generator=generator)
+    mixed = torch.softmax(torch.randn(6, classes, dtype=torch.float64, generator=generator), 1)  # mixup-like rows
+    loss_fn = SmoothedCrossEntropy(classes, eps)
+    for target in (labels, mixed):
+        assert loss_fn(logits, target).item() == pytest.approx(_explicit_smoothed_ce(logits, target, eps).item(),
+                                                               abs=1e-12)
+    # torch's own rule (eps / C on every class) is a different target: the rescaling is needed
+    assert loss_fn(logits, labels).item() != pytest.approx(F.cross_entropy(logits, labels, label_smoothing=eps)
+                                                           .item(), abs=1e-6)
+    assert SmoothedCrossEntropy(classes, 0.0)(logits, labels).item() == pytest.approx(
+        F.cross_entropy(logits, labels).item(), abs=1e-12)
 
 
 def test_half_logits_give_float32_loss_and_gradients() -> None:
@@ -59,8 +72,17 @@ def test_half_logits_give_float32_loss_and_gradients() -> None:
     assert torch.allclose(logits.grad.float(), expected_grad.unsqueeze(0), atol=1e-3)
 
 
+def test_float32_logits_stay_float32_under_bf16_autocast() -> None:
+    logits, labels = torch.randn(4, 5, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 4])
+    loss_fn = SmoothedCrossEntropy(5, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = loss_fn(logits, labels)
+    assert inside.dtype == torch.float32 and torch.equal(inside, loss_fn(logits, labels))
+
+
 @pytest.mark.parametrize("kwargs,message", [(dict(num_classes=1), "at least 2 classes"),
-                                            (dict(num_classes=3, smooth_factor=1.0), r"smooth_factor must be in")])
+                                            (dict(num_classes=3, smooth_factor=1.0), r"smooth_factor must be in"),
+                                            (dict(num_classes=2, smooth_factor=0.6), r"\[0, 0\.5\] for 2 classes")])
 def test_constructor_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SmoothedCrossEntropy(**kwargs)
@@ -80,3 +102,6 @@ def test_build_loss_from_config() -> None:
     assert (smooth.num_classes, smooth.smooth_factor) == (10, 0.2)
     assert type(build_loss(load_config(["--use_label_smooth", "false"]), 10)) is nn.CrossEntropyLoss
     assert type(build_loss(load_config(["--label_smooth_factor", "0"]), 10)) is nn.CrossEntropyLoss
+    assert build_loss(load_config(["--label_smooth_factor", "0.5"]), 2).on_value == 0.5  # the uniform target
+    with pytest.raises(ConfigError, match=r"label_smooth_factor 0.6 is above \(C - 1\) / C = 0.5 for 2 classes"):
+        build_loss(load_config(["--label_smooth_factor", "0.6"]), 2)
