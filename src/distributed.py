@@ -130,6 +130,11 @@ def init_distributed(device_target: str, backend: str | None = None) -> DistInfo
     return DistInfo(launch.rank, launch.world_size, launch.local_rank, launch.rank == 0, device)
 
 
+def is_main_launch() -> bool:
+    """Before the process group exists: rank 0 (or no launcher) prints and shows download progress."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 

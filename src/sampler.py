@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from src.distributed import NUMPY_SEED_MODULUS
+
 SEED_MASK = (1 << 63) - 1  # torch seeds are 64-bit; keep them non-negative
-NUMPY_SEED_MODULUS = 1 << 32
 # Odd 64-bit multipliers (splitmix64 constants) spread (seed, epoch, index) over the seed space.
 _MIX_SEED, _MIX_EPOCH, _MIX_INDEX = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 

@@ -42,7 +42,8 @@ from src.checkpoint import (BEST_TAG, CHECKPOINT_SUFFIX, CheckpointError, Checkp
                             restore_rng_state, rng_state)
 from src.config import Config, ConfigError, apply_finetune_defaults
 from src.dataset import Batch, ShardedEvalSampler, build_datasets, collate_skip_broken, to_device_normalized
-from src.distributed import DistInfo, barrier, init_distributed, is_initialized, launch_env, seed_everything
+from src.distributed import (DistInfo, barrier, init_distributed, is_initialized, is_main_launch, launch_env,
+                             seed_everything)
 from src.ema import ModelEma
 from src.evaluate import evaluate
 from src.host_memory import reuse_freed_memory
@@ -160,11 +161,6 @@ class TrainResult:
     nonfinite_total: int
     broken_total: int
     overflow_total: int = 0
-
-
-def _is_main_launch() -> bool:
-    """Before the process group exists: rank 0 (or no launcher) prints."""
-    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -773,7 +769,7 @@ def dump_rank_weights(run: Run, folder: str) -> None:
 # ----------------------------------------------------------------------------------------------
 def announce(cfg: Config, run_dir: Path, notes: list[str]) -> None:
     """Rank 0: print the resolved config and save it as config.yaml in the run folder."""
-    if not _is_main_launch():
+    if not is_main_launch():
         return
     path = cfg.save(run_dir / CONFIG_FILE)
     print(f"resolved config (saved to {path}):\n{cfg.to_yaml()}", end="", flush=True)
@@ -834,7 +830,7 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
     plan_epoch(len(data.train), cfg, world)  # fails here, before any process group
     if ckpt is not None:
         check_resume_classes(ckpt, data.classes, str(cfg.resume))
-    if not check_only and _is_main_launch():
+    if not check_only and is_main_launch():
         run_dir = choose_run_dir(cfg, create=True)
     elif check_only:
         reason = why_not_creatable(run_dir)
@@ -885,7 +881,7 @@ def choose_run_dir(cfg: Config, create: bool) -> Path:
     try:
         run_dir, stale = resolve_run_dir(cfg.save_checkpoint_path, cfg.model,
                                          exact="save_checkpoint_path" in cfg.command_line, resume=cfg.resume,
-                                         overwrite=cfg.overwrite, create=create, judge=_is_main_launch())
+                                         overwrite=cfg.overwrite, create=create, judge=is_main_launch())
     except RunDirError as exc:
         raise TrainInputError(str(exc)) from None
     if create:
