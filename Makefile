@@ -1,9 +1,12 @@
-# The two commands of the README. Both install what they need first.
+# The README's commands. Each installs what it needs first, into .venv unless a virtual environment is active.
+#   make install   everything the tests need (requirements-dev.txt: runtime + demo + pytest + references)
+#   make demo      the offline digits demo (installs requirements-demo.txt: runtime + scikit-learn)
+#   make test      the whole test suite on the CPU
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(if $(VIRTUAL_ENV),python,$(VENV)/bin/python)
 
-.PHONY: install test demo bench
+.PHONY: install install-demo test demo
 
 $(if $(VIRTUAL_ENV),,$(VENV)/bin/python):
 	$(PYTHON) -m venv $(VENV)
@@ -11,10 +14,13 @@ $(if $(VIRTUAL_ENV),,$(VENV)/bin/python):
 install: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
 	$(PY) -m pip install -q -r requirements-dev.txt
 
+install-demo: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
+	$(PY) -m pip install -q -r requirements-demo.txt
+
 # Run the whole test suite (CPU only, about 5 minutes on 2 cores after the install: 604 tests).
 test: install
 	$(PY) -m pytest -q -n 2 tests
 
 # The offline digits demo: train, evaluate, export to ONNX, run ONNX Runtime.
-demo: install
+demo: install-demo
 	PYTHON=$(PY) bash scripts/run_demo.sh
