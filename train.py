@@ -25,7 +25,8 @@ from src.dataset import one_line_broken_image_warnings
 from src.distributed import DistributedError
 from src.models import WeightMismatchError
 from src.preprocess import DatasetError
-from src.trainer import NonFiniteLossError, TrainInputError, TrainOutOfMemory, check_inputs, run_training
+from src.preflight import TrainInputError, check_inputs
+from src.trainer import NonFiniteLossError, TrainOutOfMemory, run_training
 
 EXIT_TRAINING_FAILED = 1
 EXIT_BAD_INPUT = 2

@@ -39,7 +39,7 @@ TARGET=$("$PYTHON" -c '
 import sys
 from src.checkpoint import CheckpointError
 from src.config import ConfigError, load_config
-from src.trainer import resolve_resume
+from src.preflight import resolve_resume
 try:
     print(resolve_resume(load_config(sys.argv[1:]))[0].device_target)
 except (CheckpointError, ConfigError) as exc:

