@@ -1,51 +1,51 @@
-"""Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) on a normalised batch, with soft targets.
+"""Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019): torchvision's v2 transforms, seeded per step.
 
-Both blend each image with another image of the same batch (a random permutation) and blend
-the one-hot targets by the same weight, so the loss receives (N, C) probability rows (the
-project's losses accept them). The randomness comes from a numpy Generator the caller seeds
-per step, which keeps a resumed run identical to an uninterrupted one.
+``v2.MixUp`` / ``v2.CutMix`` blend each image with its neighbour in the (shuffled) batch and turn
+the labels into (N, C) probability rows weighted the same way; the losses accept those rows and
+smooth them afterwards. They draw lam, the box and the MixUp/CutMix choice from torch's global
+CPU generator; ``mix_batch`` forks that generator and seeds it from the batch's position (seed,
+step, micro-batch, rank), so the mixing of a resumed run equals the uninterrupted one's whatever
+ran before, and dropout's random stream is the same with or without mixing.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 SWITCH_PROB = 0.5  # with both enabled, each batch uses CutMix with this probability (timm's default)
 
 
-def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return F.one_hot(labels.long(), num_classes).float()
+@lru_cache(maxsize=8)
+def build_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v2.Transform | None:
+    """MixUp, CutMix, or a choice of the two per batch; None with both alphas 0."""
+    mixup = v2.MixUp(alpha=mixup_alpha, num_classes=num_classes) if mixup_alpha > 0 else None
+    cutmix = v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes) if cutmix_alpha > 0 else None
+    if mixup is not None and cutmix is not None:
+        return v2.RandomChoice([mixup, cutmix], p=[1.0 - SWITCH_PROB, SWITCH_PROB])
+    return mixup or cutmix
 
 
-def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of a box covering about 1 - lam of the image, centre uniform, clipped."""
-    cut = math.sqrt(1.0 - lam)
-    cut_h, cut_w = int(height * cut), int(width * cut)
-    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
-    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
-    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
-    return top, left, bottom, right
+def position_seed(keys: Sequence[int]) -> int:
+    """A 64-bit seed from (seed, step, micro-batch, rank); numpy's SeedSequence keeps nearby keys apart."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0])
 
 
 def mix_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, mixup_alpha: float,
-              cutmix_alpha: float, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (mixed images, soft targets (N, C)); with both alphas 0, the images and one-hot targets."""
-    targets = one_hot(labels, num_classes).to(images.device)
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or rng.random() < SWITCH_PROB)
-    alpha = cutmix_alpha if use_cutmix else mixup_alpha
-    if alpha <= 0 or images.shape[0] < 2:
-        return images, targets
-    lam = float(rng.beta(alpha, alpha))
-    perm = torch.from_numpy(rng.permutation(images.shape[0])).to(images.device)
-    if use_cutmix:
-        top, left, bottom, right = cutmix_box(images.shape[-2], images.shape[-1], lam, rng)
-        images = images.clone()
-        images[:, :, top:bottom, left:right] = images[perm, :, top:bottom, left:right]
-        lam = 1.0 - (bottom - top) * (right - left) / (images.shape[-2] * images.shape[-1])
-    else:
-        images = images.mul(lam).add_(images[perm], alpha=1.0 - lam)
-    return images, targets.mul(lam).add_(targets[perm], alpha=1.0 - lam)
+              cutmix_alpha: float, seed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (mixed images, soft targets (N, C)); with both alphas 0 or one image, the images and one-hot targets.
+
+    ``seed`` names the batch's position, e.g. (cfg.seed, global_step, micro, rank): the same seed
+    gives the same mixing, and the global generators are left as they were.
+    """
+    mixing = build_mixing(num_classes, float(mixup_alpha), float(cutmix_alpha))
+    if mixing is None or images.shape[0] < 2:  # one image would be mixed with itself
+        return images, F.one_hot(labels.long(), num_classes).float()
+    with torch.random.fork_rng(devices=[]):  # every draw is on the CPU generator, whatever the device
+        torch.default_generator.manual_seed(position_seed(seed))
+        return mixing(images, labels.long())

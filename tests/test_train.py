@@ -1,4 +1,6 @@
-"""train.py and src/trainer.py end to end, plus the loop's helper modules (sampler, amp, mixup, progressive).
+"""train.py and src/trainer.py end to end, plus the loop's helper modules (sampler, amp, progressive).
+
+Mixup and CutMix are tested in test_mixup.py.
 
 Runs are tiny (32 px, 2-3 classes, a few steps, one thread) so the file stays fast on a shared CPU.
 """
@@ -26,7 +28,6 @@ from helpers_data import make_image_folder
 from src import trainer
 from src.amp import DynamicScaler, NoScaler, StaticScaler, autocast, build_scaler
 from src.config import load_config
-from src.mixup import cutmix_box, mix_batch
 from src.models import build_model
 from src.models.effnet import EfficientNet
 from src.progressive import StageSettings, augment_config, set_dropout, stage_settings
@@ -189,46 +190,6 @@ def test_build_scaler_and_autocast_choices():
         assert layer(torch.ones(1, 4)).dtype == torch.bfloat16
     with autocast(cpu, "none"):
         assert layer(torch.ones(1, 4)).dtype == torch.float32
-
-
-# ----------------------------------------------------------------------------------------------
-# src/mixup.py
-# ----------------------------------------------------------------------------------------------
-def test_mixup_blends_images_and_targets_with_the_same_weight():
-    images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 2, 2).contiguous()
-    labels = torch.tensor([0, 1, 2, 0])
-    mixed, target = mix_batch(images, labels, 3, mixup_alpha=0.4, cutmix_alpha=0.0, rng=np.random.default_rng(7))
-    replay = np.random.default_rng(7)
-    lam = replay.beta(0.4, 0.4)
-    perm = replay.permutation(4)
-    expected = lam * images + (1 - lam) * images[perm]
-    assert torch.allclose(mixed, expected)
-    assert torch.allclose(target.sum(1), torch.ones(4))
-    assert torch.allclose(target[1, 1], torch.tensor(lam + (1 - lam) * float(labels[perm[1]] == 1), dtype=torch.float32))
-
-
-def test_cutmix_pastes_a_box_and_weights_targets_by_its_area():
-    # every pixel names its image and position; 4 images of 4 classes
-    images = (torch.arange(4).view(4, 1, 1, 1) * 100 + torch.arange(64).view(1, 1, 8, 8)).float()
-    labels = torch.arange(4)
-    mixed, target = mix_batch(images, labels, 4, 0.0, 1.0, np.random.default_rng(3))
-    replay = np.random.default_rng(3)
-    lam = replay.beta(1.0, 1.0)
-    perm = replay.permutation(4)
-    top, left, bottom, right = cutmix_box(8, 8, lam, replay)
-    # seed 3: a 6 x 6 box clipped at the corner to 3 x 3, image 1 paired with itself, the others not
-    assert ((top, left, bottom, right), perm.tolist()) == ((0, 0, 3, 3), [3, 1, 0, 2])
-    expected = images.clone()
-    expected[:, :, top:bottom, left:right] = images[perm, :, top:bottom, left:right]
-    assert torch.equal(mixed, expected)
-    for i, j in enumerate(perm.tolist()):
-        pasted = float((mixed[i] != images[i]).float().mean())  # the share of image i that now shows image j
-        assert pasted == (9 / 64 if j != i else 0.0)
-        # lam follows the clipped box: the target weights are the pixel shares, exactly
-        want = torch.zeros(4)
-        want[i] += 1 - 9 / 64
-        want[j] += 9 / 64
-        assert torch.equal(target[i], want), (i, target[i], want)
 
 
 # ----------------------------------------------------------------------------------------------
