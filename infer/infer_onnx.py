@@ -31,7 +31,8 @@ from infer.report import (  # noqa: E402
     Timing, check_output_path, check_writable_parent, prediction_rows, topk_accuracy, write_predictions,
 )
 from infer.session import DEVICE_TARGETS, DeviceError, create_session  # noqa: E402
-from src.preprocess import INTERPOLATIONS, MAX_IMAGE_SIZE, DatasetError, Preprocess  # noqa: E402
+from src.class_mapping import map_classes, output_names  # noqa: E402
+from src.preprocess import INTERPOLATIONS, MAX_IMAGE_SIZE, Preprocess  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TOPK = 5
@@ -142,39 +143,6 @@ def check_input_size(session, pre: Preprocess) -> int | None:
     return batch
 
 
-def label_mapping(
-    folder_classes: list[str], info: ModelInfo, num_outputs: int, announce: Announce
-) -> tuple[np.ndarray, list[str]]:
-    """Map folder indices to model class indices; also return the model's class names.
-
-    When every folder name is one of the model's class names (stored at export), labels follow
-    the names, so a val folder holding a subset of the classes, or named in another order,
-    is scored correctly. When no folder name is one (ImageNet's WordNet-id folders against the
-    category names stored for torchvision's weights), folder i is class i (sorted folder order, as
-    in training). Some names matching and some not means the wrong data or model: an error.
-    """
-    model_classes = info.classes
-    if model_classes is not None and set(folder_classes) <= set(model_classes):
-        position = {name: i for i, name in enumerate(model_classes)}
-        return np.array([position[c] for c in folder_classes], np.int64), list(model_classes)
-    if model_classes is not None and set(folder_classes) & set(model_classes):
-        unknown = [c for c in folder_classes if c not in set(model_classes)]
-        shown = ", ".join(model_classes[:5]) + (", ..." if len(model_classes) > 5 else "")
-        raise DatasetError(f"class folder {unknown[0]!r} is not one of the model's {len(model_classes)} classes "
-                           f"({shown}), though {len(folder_classes) - len(unknown)} other folders are; point "
-                           "the runner at data for this model")
-    if len(folder_classes) > num_outputs:
-        raise DatasetError(
-            f"the dataset has {len(folder_classes)} class folders but the model has {num_outputs} "
-            "outputs, and the folder names are not the model's class names")
-    if model_classes is not None:
-        announce("note: class folder names are not the model's class names; "
-                 "labels are the folders' sorted order")
-    names = list(model_classes) if model_classes is not None else (
-        folder_classes + [str(i) for i in range(len(folder_classes), num_outputs)])
-    return np.arange(len(folder_classes), dtype=np.int64), names
-
-
 @dataclass(frozen=True)
 class ModelIO:
     """Names, input dtype and class count of the session's graph."""
@@ -257,10 +225,12 @@ def run_inference(
         announce(f"note: the model has a fixed batch size of {fixed_batch}; running batches of {fixed_batch}")
         batch_size = fixed_batch
     folder_to_model = None
+    class_names = output_names(info.classes, io.num_outputs)
     if inputs.labelled:
-        folder_to_model, class_names = label_mapping(inputs.classes, info, io.num_outputs, announce)
-    else:
-        class_names = list(info.classes) if info.classes else [str(i) for i in range(io.num_outputs)]
+        mapping = map_classes(inputs.classes, info.classes, io.num_outputs, str(inputs.root))
+        folder_to_model, class_names = np.asarray(mapping.model_index, np.int64), mapping.names
+        if mapping.note:
+            announce(mapping.note)
 
     indices, chunks, broken, seconds, wall = _run_batches(
         session, io, inputs.files, pre, batch_size, fixed_batch, num_threads)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import onnxruntime as ort
 
+from src.errors import ModelLoadError
+
 DEVICE_TARGETS = ("GPU", "CPU")
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -34,10 +36,6 @@ ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"  # onnxruntime: 0 verbose
 
 class DeviceError(ValueError):
     """Unknown device target."""
-
-
-class ModelLoadError(ValueError):
-    """onnxruntime could not load the model file."""
 
 
 @dataclass(frozen=True)

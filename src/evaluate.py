@@ -11,10 +11,13 @@ confusion matrix (its diagonal and row sums), so they add up to the totals by co
 from __future__ import annotations
 
 import csv
+import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,15 +25,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from src.amp import AMP_DTYPES, autocast
 from src.dataset import to_device_normalized
 from src.distributed import all_reduce_sum, is_initialized
 
-__all__ = ["AMP_DTYPES", "TOP_K", "WORST_CLASSES", "EvalResult", "evaluate", "format_result_line",
-           "format_summary", "write_confusion_csv"]
+__all__ = ["TOP_K", "WORST_CLASSES", "EvalResult", "evaluate", "format_result_line",
+           "format_summary", "print_report", "save_reports", "write_confusion_csv"]
 
 TOP_K = 5  # the "top-5" of ImageNet reporting; min(TOP_K, num_classes) when there are fewer classes
 WORST_CLASSES = 5  # how many of the lowest-accuracy classes the summary names
-AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Slots of the packed scalar sums reduced across ranks in one call.
 _LOSS, _TOP1, _TOPK, _COUNT, _BROKEN = range(5)
 
@@ -195,8 +198,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
             _check_labels(labels, num_classes)
             x = to_device_normalized(images, mean, std, device, channels_last)
             y = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=AMP_DTYPES[amp] or torch.float32,
-                                enabled=AMP_DTYPES[amp] is not None):
+            with autocast(device, amp):
                 logits = model(x)
             logits = logits.float()
             if logits.ndim != 2 or logits.shape[1] != num_classes:
@@ -262,3 +264,29 @@ def write_confusion_csv(result: EvalResult, classes: Sequence[str], path: str) -
         writer.writerow(["true\\predicted", *classes])
         for name, row in zip(classes, result.confusion):
             writer.writerow([name, *(int(v) for v in row)])
+
+
+def print_report(result: EvalResult, classes: Sequence[str], source: str) -> None:
+    """eval.py's closing lines: the ModelZoo result line, the summary, and a warning naming a few
+    unreadable images when some were skipped."""
+    print(format_result_line(result, source), flush=True)
+    print(format_summary(result, classes), flush=True)
+    if result.broken:
+        shown = ", ".join(result.broken_paths[:3])
+        print(f"warning: {result.broken} unreadable images were not scored (e.g. {shown})", file=sys.stderr)
+
+
+def save_reports(result: EvalResult, classes: Sequence[str], about: Mapping[str, Any],
+                 output_json: str | None = None, confusion_csv: str | None = None) -> None:
+    """--output_json (every metric, per class too, plus ``about``: what was scored, how) and
+    --confusion_csv; each written file is named in one line. Missing folders are created."""
+    if output_json:
+        path = Path(output_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**result.to_dict(classes), **about}, indent=2) + "\n", encoding="utf-8")
+        print(f"metrics written to {path}")
+    if confusion_csv:
+        path = Path(confusion_csv)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_confusion_csv(result, classes, str(path))
+        print(f"confusion matrix written to {path}")

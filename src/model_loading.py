@@ -14,12 +14,13 @@ default, so a 10-class fine-tune is never silently given a fresh 1000-class head
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from src.checkpoint import extract_state_dict, load_checkpoint
+from src.errors import ModelLoadError
 from src.models import (ImportedWeights, WeightsNotInstalled, build_model, check_fits, get_variant, import_weights,
                         load_pretrained)
 from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
@@ -37,10 +38,6 @@ NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": (INCEP
 # Fills a model with torchvision's weights: (model, "imagenet", progress) -> model. A parameter so
 # callers can hand in their own reference to src.models.load_pretrained (tests replace it offline).
 Download = Callable[..., nn.Module]
-
-
-class ModelLoadError(ValueError):
-    """The weights cannot become the requested model; the message says what to pass instead."""
 
 
 @dataclass
@@ -132,6 +129,19 @@ def choose_ema(obj: dict, use_ema: bool | None, path: str) -> tuple[bool, str | 
         return True, ("weights: EMA (the checkpoint's best was chosen by the EMA's top-1; "
                       "--use_ema false for the raw weights)")
     return use_ema, f"weights: {'EMA' if use_ema else 'raw (not the EMA)'}, as --use_ema asks"
+
+
+def add_use_ema_argument(parser: Any) -> None:
+    """``--use_ema [true|false]`` as eval.py and export.py take it (``parser``: an argparse parser or
+    argument group); read the value with use_ema_flag."""
+    parser.add_argument("--use_ema", nargs="?", const="true", type=str.lower, choices=("true", "false"),
+                        help="true: the checkpoint's EMA weights, false: its raw weights (default: EMA when "
+                             "it has them, the weights its best was chosen by)")
+
+
+def use_ema_flag(value: str | None) -> bool | None:
+    """The parsed --use_ema: True, False, or None when not given (choose_ema decides)."""
+    return None if value is None else value == "true"
 
 
 def load_trained(

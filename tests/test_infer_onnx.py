@@ -190,18 +190,21 @@ def test_labels_follow_class_names_when_folders_are_a_subset_in_another_order(en
     assert result.class_names == names
 
     notes = []
-    plain = tmp_path / "plain"
-    for i, folder in enumerate(["b", "a"]):
+    plain = tmp_path / "plain"  # none named like the model's classes, as many folders as classes
+    for i, folder in enumerate(["c", "b", "a"]):
         (plain / folder).mkdir(parents=True)
-        (plain / folder / "x.jpg").write_bytes((data / ["mango", "zebra"][i] / "img_000.jpg").read_bytes())
+        (plain / folder / "x.jpg").write_bytes((data / ["mango", "zebra", "zebra"][i] / "img_000.jpg").read_bytes())
     result = run_inference(path, plain, device_target="CPU", intra_op_threads=1, announce=notes.append)
-    assert result.labels.tolist() == [0, 1]  # not the model's names: sorted folder index
-    assert any("labels are the folders' sorted order" in n for n in notes)
+    assert result.labels.tolist() == [0, 1, 2]  # the sorted folder index: a, b, c
+    assert result.class_names == names
+    assert notes == [f"note: no class folder of {plain} is named like the model's classes (e.g. WordNet ids "
+                     "against category names); labels are the class folders' sorted order, as in training"]
 
-    (plain / "b").rename(plain / "mango")  # one folder named like a model class, one not: wrong data
-    with pytest.raises(DatasetError, match="class folder 'a' is not one of the model's 3 classes .zebra, apple, "
-                                           "mango., though 1 other folders are"):
+    (plain / "c").rename(plain / "mango")  # one folder named like a model class, two not: wrong data
+    with pytest.raises(DatasetError) as info:
         run_inference(path, plain, **QUIET)
+    assert str(info.value) == (f"class folder 'a' in {plain} is not one of the model's 3 classes (zebra, apple, "
+                               "mango); 2 class folders do not match")
 
 
 def test_fixed_batch_model_pads_the_last_batch(env, tmp_path):
@@ -228,7 +231,7 @@ def test_preprocessing_overrides_and_models_without_metadata(env, tmp_path):
     notes = []
     result = run_inference(tmp_path / "bare.onnx", env["unlabelled"], device_target="CPU", announce=notes.append)
     assert result.preprocess == Preprocess(37, SIZE, "bilinear", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    assert result.class_names == ["0", "1", "2"] and "no preprocessing metadata" in notes[0]
+    assert result.class_names == ["class_0", "class_1", "class_2"] and "no preprocessing metadata" in notes[0]
 
 
 # --------------------------------------------------------------------------------------------
