@@ -20,10 +20,7 @@ bitwise the same weights as one never interrupted.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +51,6 @@ from src.progressive import StageSettings, augment_config, set_dropout, stage_se
 from src.sampler import EpochSampler, SeededDataset
 from src.transforms import build_train_transform
 
-# Test hook: every rank writes hashes of its final weights to this folder (bitwise-equality test).
-DUMP_WEIGHTS_ENV = "EFFNET_DUMP_RANK_WEIGHTS"
 EMPTY_BATCH_STAND_IN = 2  # images in the zero-weight batch a rank runs when all its images were unreadable
 
 
@@ -564,22 +559,6 @@ def report(run: Run, result: TrainResult) -> None:
     run.log(f"run folder: {result.run_dir}")
 
 
-def dump_rank_weights(run: Run, folder: str) -> None:
-    """Test hook (EFFNET_DUMP_RANK_WEIGHTS): sha256 of this rank's parameters and buffers."""
-    def digest(tensors: list[torch.Tensor]) -> str:
-        h = hashlib.sha256()
-        for tensor in tensors:
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"rank": run.info.rank, "params": digest(list(run.model.parameters())),
-              "buffers": digest(list(run.model.buffers())),
-              "ema": digest(list(run.ema.module.state_dict().values())) if run.ema is not None else None}
-    (out / f"rank{run.info.rank}.json").write_text(json.dumps(record))
-
-
 # ----------------------------------------------------------------------------------------------
 # Entry
 # ----------------------------------------------------------------------------------------------
@@ -592,9 +571,6 @@ def run_training(cfg: Config) -> TrainResult:
         run = build_run(cfg, data, ckpt)
         result = train(run)
         report(run, result)
-        dump_dir = os.environ.get(DUMP_WEIGHTS_ENV)
-        if dump_dir:
-            dump_rank_weights(run, dump_dir)
         barrier()
         return result
     except torch.cuda.OutOfMemoryError:

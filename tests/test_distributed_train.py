@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from helpers_data import make_image_folder
-from src.trainer import DUMP_WEIGHTS_ENV
 
 REPO = Path(__file__).resolve().parents[1]
+LAUNCHER = "tests/rank_weights_train.py"  # train.py, then each rank's final weights hashed into a folder
 WORLD = 2
 LAUNCH_TIMEOUT_S = 600
 VAL_IMAGES = 9  # odd on purpose: the shards hold 5 and 4 images, none repeated
@@ -27,9 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 def torchrun(args: list[str], log_dir: Path, dump_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), DUMP_WEIGHTS_ENV: str(dump_dir)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-           "--log-dir", str(log_dir), "--redirects", "3", "train.py", *args]
+           "--log-dir", str(log_dir), "--redirects", "3", LAUNCHER, str(dump_dir), *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
