@@ -333,10 +333,10 @@ def test_short_training_learns_and_fills_the_run_folder(tmp_path, capsys):
 
 
 def _reference_args(data: Path, run_dir: Path) -> list[str]:
-    """Features whose state must survive a resume: EMA, accumulation, clipping, mixup, mid-epoch saves."""
+    """Features whose state must survive a resume: EMA, accumulation, clipping, mixup/cutmix, mid-epoch saves."""
     return [*map(str, BASE), "--dataset_path", str(data), "--save_checkpoint_path", str(run_dir), "--epoch_size", "3",
             "--ema_decay", "0.9", "--accumulate_grad_batches", "2", "--grad_clip", "1.0", "--mixup", "0.2",
-            "--save_checkpoint_steps", "4", "--drop_path_rate", "0.2", "--log_interval", "3"]
+            "--cutmix", "1.0", "--save_checkpoint_steps", "4", "--drop_path_rate", "0.2", "--log_interval", "3"]
 
 
 def reference_run(data: Path, run_dir: Path) -> Path:
