@@ -258,20 +258,27 @@ def test_markdown_table_has_a_row_per_key() -> None:
     assert modelzoo_keys <= set(CONFIG_KEYS)
 
 
-README_TABLE_START = "<!-- config-table:start"
-README_TABLE_END = "<!-- config-table:end -->"
+CONFIG_DOC = "docs/config.md"
+TABLE_START = "<!-- config-table:start"
+TABLE_END = "<!-- config-table:end -->"
 
 
-def test_readme_config_table_is_the_generated_one() -> None:
-    """The README's key table is `python -m src.config --markdown`, character for character."""
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme.count(README_TABLE_START) == 1 and readme.count(README_TABLE_END) == 1
-    start = readme.index("\n", readme.index(README_TABLE_START)) + 1
-    in_readme = readme[start:readme.index(README_TABLE_END)]
+def test_docs_config_table_is_the_generated_one() -> None:
+    """docs/config.md's key table is `python -m src.config --markdown`, character for character."""
+    doc = (REPO_ROOT / CONFIG_DOC).read_text(encoding="utf-8")
+    assert doc.count(TABLE_START) == 1 and doc.count(TABLE_END) == 1
+    start = doc.index("\n", doc.index(TABLE_START)) + 1
+    in_doc = doc[start:doc.index(TABLE_END)]
     generated = markdown_table() + "\n"  # what `python -m src.config --markdown` prints (next test)
-    assert in_readme == generated, (
-        "README.md's config table is out of date: replace the lines between the config-table markers "
+    assert in_doc == generated, (
+        f"{CONFIG_DOC}'s config table is out of date: replace the lines between the config-table markers "
         "with the output of `python -m src.config --markdown`")
+
+
+def test_readme_links_the_config_table_and_holds_no_copy() -> None:
+    """One table to keep in step: the README links docs/config.md instead of carrying a second copy."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"]({CONFIG_DOC})" in readme and TABLE_START not in readme
 
 
 def test_module_entry_point_markdown_and_error_exit() -> None:
