@@ -29,10 +29,10 @@ EXIT_BAD_INPUT = 2
 
 def set_allocator(choice: str | None) -> None:
     """Apply ``--malloc`` here and, through the environment, in every child process."""
-    from src.host_memory import OPT_OUT_ENV, OPT_OUT_VALUE, TRIM_NEVER, reuse_freed_memory
+    from src.host_memory import ENV_VAR, TRIM_NEVER, reuse_freed_memory
 
     if choice == "default":
-        os.environ[OPT_OUT_ENV] = OPT_OUT_VALUE
+        os.environ.pop(ENV_VAR, None)  # no EFFNET_MALLOC=tuned from the caller's shell
     elif choice == "reuse" and reuse_freed_memory():  # declined: no glibc, or the user's own MALLOC_* settings
         os.environ.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(TRIM_NEVER))  # glibc reads these at start
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--malloc", choices=("default", "reuse"), default=None,
                         help="host allocator for this process and the ones it starts: glibc's defaults, or "
                              "reuse freed memory (src/host_memory.py) everywhere; unset: as shipped "
-                             "(train.py and eval.py reuse on CPU, everything else keeps glibc's defaults)")
+                             "(glibc's defaults; train.py and eval.py reuse on CPU with EFFNET_MALLOC=tuned)")
     sub = parser.add_subparsers(dest="mode", required=True)
     for name, (module, help_text) in MODES.items():
         mode_parser = sub.add_parser(name, help=help_text)

@@ -29,7 +29,7 @@ from src.eval_data import EVAL_DATASET_KINDS, build_loader, map_to_model, read_e
 from src.eval_settings import (DEFAULT_BATCH_SIZE, EvalInputError, check_output_files, eval_preprocess, load_model,
                                merge_settings)
 from src.evaluate import evaluate, print_report, save_reports
-from src.host_memory import reuse_freed_memory
+from src.host_memory import reuse_freed_memory_if_requested
 from src.model_loading import IMAGENET, ModelLoadError, add_use_ema_argument
 from src.models import PADDINGS, WeightMismatchError
 from src.preprocess import INTERPOLATIONS, DatasetError
@@ -90,7 +90,7 @@ def run(argv: Sequence[str] | None) -> int:
         return 0
     info = init_distributed(s.device_target)
     if info.device.type == "cpu":
-        reuse_freed_memory()
+        reuse_freed_memory_if_requested()  # EFFNET_MALLOC=tuned
     try:
         if info.is_main:
             for note in (loaded.weights_note, loaded.import_note, mapping.note):  # which weights, foreign layouts

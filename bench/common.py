@@ -34,11 +34,11 @@ def machine_info() -> dict:
 
 def _malloc_setting() -> str:
     """benchmark.py --malloc as the environment records it (see src/host_memory.py)."""
-    from src.host_memory import OPT_OUT_ENV, OPT_OUT_VALUE
+    from src.host_memory import tuning_requested
 
     if os.environ.get("MALLOC_MMAP_MAX_") == "0":
         return "reuse"
-    return "default" if os.environ.get(OPT_OUT_ENV, "").lower() == OPT_OUT_VALUE else "as shipped"
+    return "EFFNET_MALLOC=tuned" if tuning_requested() else "default"  # glibc's, as shipped
 
 
 def _cpu_name() -> str:

@@ -38,7 +38,7 @@ from src.dataset import Batch, ShardedEvalSampler, collate_skip_broken, to_devic
 from src.distributed import DistInfo, barrier, init_distributed, is_initialized, seed_everything
 from src.ema import ModelEma
 from src.evaluate import evaluate
-from src.host_memory import reuse_freed_memory
+from src.host_memory import reuse_freed_memory_if_requested
 from src.loss import build_loss
 from src.lr_generator import LRSchedule
 from src.mixup import mix_batch
@@ -148,7 +148,7 @@ def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     else:
-        reuse_freed_memory()  # glibc would page-fault every step's activations afresh
+        reuse_freed_memory_if_requested()  # EFFNET_MALLOC=tuned: keep freed host memory for reuse
     num_classes = data.num_classes
     batches, steps = plan_epoch(len(data.train), cfg, info.world_size)
     model = build_network(cfg, num_classes, info, resuming=ckpt is not None)

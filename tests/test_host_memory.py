@@ -1,4 +1,4 @@
-"""src/host_memory.py: reuse_freed_memory() sets glibc's two switches, or leaves the allocator alone.
+"""src/host_memory.py: off unless EFFNET_MALLOC=tuned; then glibc's two switches, or the allocator left alone.
 
 What the project controls is which ``mallopt`` calls it makes and when it declines; how glibc then
 places blocks (heap or mmap) is glibc's business and differs under jemalloc or tcmalloc, so it is
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from src import host_memory
-from src.host_memory import M_MMAP_MAX, M_TRIM_THRESHOLD, TRIM_NEVER, USER_SETTINGS, reuse_freed_memory
+from src.host_memory import (M_MMAP_MAX, M_TRIM_THRESHOLD, TRIM_NEVER, USER_SETTINGS, reuse_freed_memory,
+                              reuse_freed_memory_if_requested)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +37,7 @@ class FakeLibc:
 @pytest.fixture
 def clean_env(monkeypatch):
     """No allocator setting from the environment running the tests."""
-    for name in (host_memory.OPT_OUT_ENV, *USER_SETTINGS):
+    for name in (host_memory.ENV_VAR, *USER_SETTINGS):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -59,13 +60,25 @@ def test_no_mmap_for_large_blocks_and_a_heap_never_trimmed(clean_env):
     assert (M_MMAP_MAX, M_TRIM_THRESHOLD, TRIM_NEVER) == (-4, -1, 2**31 - 1)  # glibc's <malloc.h>, INT_MAX
 
 
-@pytest.mark.parametrize("name, value", [(host_memory.OPT_OUT_ENV, "default"), (host_memory.OPT_OUT_ENV, "DEFAULT")]
-                         + [(name, "0") for name in USER_SETTINGS])
-def test_opt_out_or_a_users_allocator_setting_leaves_the_allocator_alone(clean_env, name, value):
+@pytest.mark.parametrize("value, expected_calls", [(None, []), ("", []), ("default", []), ("reuse", []),
+                                                    ("tuned", [(M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_NEVER)]),
+                                                    (" Tuned ", [(M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_NEVER)])])
+def test_programs_change_the_allocator_only_with_effnet_malloc_tuned(clean_env, value, expected_calls):
     libc = FakeLibc()
     _use_libc(clean_env, libc)
-    clean_env.setenv(name, value)
-    assert reuse_freed_memory() is False
+    if value is not None:
+        clean_env.setenv(host_memory.ENV_VAR, value)
+    assert reuse_freed_memory_if_requested() is bool(expected_calls)
+    assert libc.calls == expected_calls
+
+
+@pytest.mark.parametrize("name", USER_SETTINGS)
+def test_a_users_allocator_setting_leaves_the_allocator_alone(clean_env, name):
+    libc = FakeLibc()
+    _use_libc(clean_env, libc)
+    clean_env.setenv(host_memory.ENV_VAR, "tuned")
+    clean_env.setenv(name, "0")
+    assert reuse_freed_memory_if_requested() is False and reuse_freed_memory() is False
     assert libc.calls == []
 
 
@@ -84,24 +97,24 @@ def test_a_refused_setting_is_reported(clean_env):
 
 CHILD = """
 import json
-from src.host_memory import reuse_freed_memory
-print(json.dumps([reuse_freed_memory(), reuse_freed_memory()]))
+from src.host_memory import reuse_freed_memory_if_requested
+print(json.dumps([reuse_freed_memory_if_requested(), reuse_freed_memory_if_requested()]))
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_the_real_call_in_a_fresh_process():
     """The real libc takes both settings (twice: it is safe to repeat), also with jemalloc or
-    tcmalloc preloaded (LD_PRELOAD is passed through); the opt-out declines."""
+    tcmalloc preloaded (LD_PRELOAD is passed through); without EFFNET_MALLOC=tuned it declines."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6").mallopt  # noqa: B018
     except (OSError, AttributeError):
         pytest.skip("no glibc (musl or another libc)")
-    env = {k: v for k, v in os.environ.items() if k != host_memory.OPT_OUT_ENV and k not in USER_SETTINGS}
+    env = {k: v for k, v in os.environ.items() if k != host_memory.ENV_VAR and k not in USER_SETTINGS}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    for extra, expected in (({}, [True, True]), ({host_memory.OPT_OUT_ENV: "default"}, [False, False])):
+    for extra, expected in (({host_memory.ENV_VAR: "tuned"}, [True, True]), ({}, [False, False])):
         proc = subprocess.run([sys.executable, "-c", CHILD], env={**env, **extra}, capture_output=True, text=True,
                               timeout=60)
         assert proc.returncode == 0, proc.stderr
