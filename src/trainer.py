@@ -373,10 +373,12 @@ def _mid_epoch_save_due(run: Run) -> bool:
 # Replicas, validation, checkpoints
 # ----------------------------------------------------------------------------------------------
 def sync_replicas(run: Run) -> None:
-    """Copy rank 0's BN statistics (model and EMA) to every rank before evaluating or saving.
+    """Copy rank 0's BN statistics (model and EMA) to every rank; once per epoch, before validation.
 
     Parameters are identical on all ranks by construction (DDP averages gradients); the running
-    statistics are updated from each rank's own batch after DDP's per-forward broadcast.
+    statistics are updated from each rank's own batch after DDP's per-forward broadcast. A mid-epoch
+    checkpoint needs no sync: it holds rank 0's state, every rank's next forward starts from rank 0's
+    buffers (DDP broadcasts them), and the EMA's are overwritten by rank 0's at the epoch's end.
     """
     if not run.info.distributed:
         return
@@ -433,7 +435,6 @@ def save_checkpoint(run: Run, epoch_tag: int, step_tag: int, periodic: bool = Tr
     """Rank 0 writes ``<model>-<epoch>_<step>.pth`` and/or ``<model>-best.pth``; every rank takes part."""
     if not run.cfg.save_checkpoint or not (periodic or best):
         return
-    sync_replicas(run)
     if best:
         run.progress.best_checkpoint = str(run.run_dir / f"{run.cfg.model}-{BEST_TAG}{CHECKPOINT_SUFFIX}")
     state = checkpoint_state(run)  # collective (RNG gather): every rank builds it
