@@ -56,3 +56,76 @@ def test_relative_links_resolve(page: Path) -> None:
 def test_docs_pages_are_linked_from_the_readme() -> None:
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     assert [p.name for p in PAGES[1:] if f"](docs/{p.name}" not in readme] == []
+
+
+ENTRY_POINT = re.compile(r"(train\.py|eval\.py|export\.py|benchmark\.py|infer/infer_onnx\.py|-m src\.models\.convert"
+                         r"|-m src\.shards)(.*)")
+BENCHMARK_MODES = ("data", "model", "onnx", "memory", "train")
+# Prints {"script mode": "--help text"} for every entry point, in one process (torch imported once).
+HELP_PRINTER = """
+import contextlib, io, json, runpy, sys
+texts = {}
+for key in sys.argv[1:]:
+    script, *extra = key.split(" ")
+    out = io.StringIO()
+    sys.argv = [script, *extra, "--help"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            if script.startswith("src."):
+                runpy.run_module(script, run_name="__main__")
+            else:
+                runpy.run_path(script, run_name="__main__")
+        except SystemExit:
+            pass
+    texts[key] = out.getvalue()
+print(json.dumps(texts))
+"""
+
+
+def commands(page: Path) -> list[str]:
+    """Shell lines in code blocks (continuations joined, comments dropped) and `python …` spans in prose."""
+    found, fenced, pending = [], False, ""
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            found += re.findall(r"`((?:python|bash) [^`]+)`", line)
+            continue
+        line = re.split(r"\s#\s", line)[0]
+        pending += line.rstrip("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            found.append(pending.strip())
+            pending = ""
+    return found
+
+
+def test_every_flag_in_the_docs_exists() -> None:
+    """A flag the README or docs/ show for train/eval/export/benchmark/the runner is in that program's --help."""
+    import json
+    import subprocess
+    import sys
+
+    uses: list[tuple[str, str, str, set[str]]] = []  # page, help key, command, flags
+    for page in PAGES:
+        for command in commands(page):
+            match = ENTRY_POINT.search(command)
+            if not match:
+                continue
+            script, rest = match.group(1).removeprefix("-m "), match.group(2)
+            key = script
+            if script == "benchmark.py":
+                mode = next((m for m in BENCHMARK_MODES if re.search(rf"\b{m}\b", rest)), None)
+                key = f"benchmark.py {mode}" if mode else script
+            uses.append((page.name, key, command, set(re.findall(r"(?<![\w-])--[a-z_0-9]+", rest))))
+    keys = sorted({key for _, key, _, _ in uses} | {"benchmark.py"})
+    assert len(uses) > 50 and "train.py" in keys and "export.py" in keys  # the parser above found the commands
+    done = subprocess.run([sys.executable, "-c", HELP_PRINTER, *keys], cwd=REPO_ROOT, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+                          check=True, timeout=300)
+    known = {key: set(re.findall(r"--[a-z_0-9]+", text)) for key, text in json.loads(done.stdout).items()}
+    assert all(len(flags) >= 3 for flags in known.values()), {k: len(v) for k, v in known.items()}
+    known["train.py"] |= {"--config", "--check"}  # train.py's help lists the config keys after these two
+    unknown = [f"{page}: {command[:80]}: {sorted(flags - known[key] - known['benchmark.py'])}"
+               for page, key, command, flags in uses if flags - known[key] - known["benchmark.py"]]
+    assert not unknown, "flags that do not exist:\n" + "\n".join(unknown)
