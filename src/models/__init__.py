@@ -1,4 +1,7 @@
-"""EfficientNet B0–B7, Lite0–4 and V2-S/M/L, weight-compatible with torchvision; weights from any layout."""
+"""EfficientNet B0–B7, Lite0–4 and V2-S/M/L, weight-compatible with torchvision; weights from any layout.
+
+Architectures: VARIANTS (effnet.py). Published weights, one entry per source: WEIGHTS (weights.py).
+"""
 from .layouts import ImportedWeights, WeightMismatchError, import_weights, read_weight_file
 from .effnet import (
     NETWORK_STRIDE,
@@ -12,7 +15,7 @@ from .effnet import (
 )
 from .layers import PADDINGS
 from .pretrained import build_pretrained, check_fits, load_pretrained, load_weights, read_state_dict, resolve_weights
-from .weights import WeightsNotInstalled
+from .weights import WEIGHTS, Weights, WeightsNotInstalled, default_preprocess, default_weights, get_weights
 
 __all__ = [
     "NETWORK_STRIDE",
@@ -22,12 +25,17 @@ __all__ = [
     "ImportedWeights",
     "Stage",
     "VariantSpec",
+    "WEIGHTS",
     "WeightMismatchError",
+    "Weights",
     "WeightsNotInstalled",
     "build_model",
     "build_pretrained",
     "check_fits",
+    "default_preprocess",
+    "default_weights",
     "get_variant",
+    "get_weights",
     "import_weights",
     "list_models",
     "load_pretrained",

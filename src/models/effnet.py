@@ -8,7 +8,9 @@ torchvision's models of the same name, so their released ImageNet weights load w
 follows the same naming scheme.
 
 ``build_model(name, padding="same")`` pads like TensorFlow ("SAME"), as Google's checkpoints
-need; the default ``"symmetric"`` is PyTorch's, as torchvision's weights need.
+need; the default ``"symmetric"`` is PyTorch's, as torchvision's weights need. The table holds
+architecture facts only; what each set of published weights needs (padding, eval preprocessing,
+accuracy, source) is in src.models.weights.
 """
 
 import contextlib
@@ -22,11 +24,6 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import PADDINGS, ConvBNAct, FusedMBConv, MBConv, make_divisible
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-INCEPTION_MEAN = (0.5, 0.5, 0.5)
-INCEPTION_STD = (0.5, 0.5, 0.5)
-
 BN_EPS_TORCH = 1e-5  # PyTorch's default, used by torchvision's B0–B4 weights
 BN_EPS_TF = 1e-3  # TensorFlow's, used by the ported B5–B7 and by all V2 weights
 BN_MOMENTUM_TORCH = 0.1
@@ -35,7 +32,6 @@ NETWORK_STRIDE = 32  # stem + four stride-2 stages: inputs up to 32 px end in a 
 DROP_PATH_RATE = 0.2  # stochastic depth survival falls linearly to 0.8 at the last block
 LITE_STEM_CHANNELS = 32  # Lite keeps stem and head at B0's widths at every scale (fix_head_stem)
 LITE_HEAD_CHANNELS = 1280
-LITE_CROP_FRACTION = 0.875  # Lite's eval: shorter side to size / 0.875, then centre crop
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu6": nn.ReLU6}
 
 
@@ -95,12 +91,12 @@ V2_HEAD_CHANNELS = 1280
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """Everything that distinguishes one variant: scaling, regularisation and preprocessing.
+    """An architecture: its stage table, compound scaling, regularisation and normalisation layers.
 
-    ``train_size`` is the paper's training resolution; ``eval_resize`` → ``eval_crop`` with
-    ``interpolation`` and ``mean``/``std`` is the preprocessing of torchvision's released
-    weights (IMAGENET1K_V1; for Lite, Google's), under which their published accuracy is reached.
-    Other weight sources' settings are in src.models.weights.
+    ``train_size`` is the paper's resolution. ``bn_eps`` / ``bn_momentum`` are what the network is
+    built with by default (torchvision's builders: PyTorch's for B0–B4, TensorFlow's for the rest).
+    What one set of weights needs and claims (padding, eps, eval preprocessing, published accuracy)
+    is in src.models.weights, one entry per weight source.
     """
 
     name: str
@@ -111,20 +107,40 @@ class VariantSpec:
     bn_eps: float
     bn_momentum: float
     train_size: int
-    eval_resize: int
-    eval_crop: int
-    interpolation: str
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
     head_channels: int | None = None  # None: 4 × the last stage's width (V1)
-    acc1: float | None = None  # published ImageNet top-1 of the reference weights (see src.models.weights)
-    acc5: float | None = None
     activation: str = "silu"  # a key of ACTIVATIONS; Lite uses ReLU6 (quantisation-friendly)
     se: bool = True  # squeeze-and-excitation in MBConv blocks (Lite drops it)
     fixed_stem_head: bool = False  # Lite: stem 32 / head 1280 and first/last stage depth not scaled
 
+    # Older callers read the eval preprocessing from the spec: these are its reference weights'
+    # (src.models.weights.default_preprocess), not architecture facts.
+    @property
+    def eval_resize(self) -> int:
+        return self._reference_preprocess().resize
 
-def _v1(name, width, depth, dropout, train, resize, crop, acc1, acc5, tf_bn=False) -> VariantSpec:
+    @property
+    def eval_crop(self) -> int:
+        return self._reference_preprocess().crop
+
+    @property
+    def interpolation(self) -> str:
+        return self._reference_preprocess().interpolation
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self._reference_preprocess().mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self._reference_preprocess().std
+
+    def _reference_preprocess(self):
+        from .weights import default_preprocess  # weights.py imports this module
+
+        return default_preprocess(self.name)
+
+
+def _v1(name: str, width: float, depth: float, dropout: float, train: int, tf_bn: bool = False) -> VariantSpec:
     return VariantSpec(
         name=name,
         stages=B0_STAGES,
@@ -134,15 +150,10 @@ def _v1(name, width, depth, dropout, train, resize, crop, acc1, acc5, tf_bn=Fals
         bn_eps=BN_EPS_TF if tf_bn else BN_EPS_TORCH,
         bn_momentum=BN_MOMENTUM_TF if tf_bn else BN_MOMENTUM_TORCH,
         train_size=train,
-        eval_resize=resize,
-        eval_crop=crop,
-        interpolation="bicubic",
-        acc1=acc1,
-        acc5=acc5,
     )
 
 
-def _v2(name, stages, dropout, train, size, interp, acc1, acc5, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def _v2(name: str, stages: tuple[Stage, ...], dropout: float, train: int) -> VariantSpec:
     return VariantSpec(
         name=name,
         stages=stages,
@@ -152,40 +163,11 @@ def _v2(name, stages, dropout, train, size, interp, acc1, acc5, mean=IMAGENET_ME
         bn_eps=BN_EPS_TF,
         bn_momentum=BN_MOMENTUM_TORCH,
         train_size=train,
-        eval_resize=size,
-        eval_crop=size,
-        interpolation=interp,
-        mean=mean,
-        std=std,
         head_channels=V2_HEAD_CHANNELS,
-        acc1=acc1,
-        acc5=acc5,
     )
 
 
-# One line per variant: width, depth, dropout, train size, eval resize → crop, published accuracy.
-VARIANTS: dict[str, VariantSpec] = {
-    spec.name: spec
-    for spec in (
-        _v1("efficientnet_b0", 1.0, 1.0, 0.2, 224, 256, 224, 77.692, 93.532),
-        _v1("efficientnet_b1", 1.0, 1.1, 0.2, 240, 256, 240, 78.642, 94.186),
-        _v1("efficientnet_b2", 1.1, 1.2, 0.3, 260, 288, 288, 80.608, 95.310),
-        _v1("efficientnet_b3", 1.2, 1.4, 0.3, 300, 320, 300, 82.008, 96.054),
-        _v1("efficientnet_b4", 1.4, 1.8, 0.4, 380, 384, 380, 83.384, 96.594),
-        _v1("efficientnet_b5", 1.6, 2.2, 0.4, 456, 456, 456, 83.444, 96.628, tf_bn=True),
-        _v1("efficientnet_b6", 1.8, 2.6, 0.5, 528, 528, 528, 84.008, 96.916, tf_bn=True),
-        _v1("efficientnet_b7", 2.0, 3.1, 0.5, 600, 600, 600, 84.122, 96.908, tf_bn=True),
-        _v2("efficientnet_v2_s", V2_S_STAGES, 0.2, 300, 384, "bilinear", 84.228, 96.878),
-        _v2("efficientnet_v2_m", V2_M_STAGES, 0.3, 384, 480, "bilinear", 85.112, 97.156),
-        _v2(
-            "efficientnet_v2_l", V2_L_STAGES, 0.4, 384, 480, "bicubic", 85.808, 97.788,
-            mean=INCEPTION_MEAN, std=INCEPTION_STD,
-        ),
-    )
-}
-
-
-def _lite(name: str, width: float, depth: float, size: int, dropout: float, acc1: float) -> VariantSpec:
+def _lite(name: str, width: float, depth: float, size: int, dropout: float) -> VariantSpec:
     """Google's efficientnet/lite builder: B0's table, ReLU6, no SE, fixed stem and head."""
     return VariantSpec(
         name=name,
@@ -196,32 +178,37 @@ def _lite(name: str, width: float, depth: float, size: int, dropout: float, acc1
         bn_eps=BN_EPS_TF,
         bn_momentum=BN_MOMENTUM_TORCH,
         train_size=size,
-        eval_resize=int(size / LITE_CROP_FRACTION),
-        eval_crop=size,
-        interpolation="bicubic",
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
         head_channels=LITE_HEAD_CHANNELS,
-        acc1=acc1,
         activation="relu6",
         se=False,
         fixed_stem_head=True,
     )
 
 
-# Lite: width, depth, resolution, dropout; top-1 of Google's fp32 checkpoints (efficientnet/lite README).
-VARIANTS.update(
-    (spec.name, spec)
+# One line per variant: width, depth, dropout, resolution (EfficientNet paper Table 2 / torchvision's
+# builders; V2 paper and its released configurations; Google's efficientnet/lite builder).
+VARIANTS: dict[str, VariantSpec] = {
+    spec.name: spec
     for spec in (
-        _lite("efficientnet_lite0", 1.0, 1.0, 224, 0.2, 75.1),
-        _lite("efficientnet_lite1", 1.0, 1.1, 240, 0.2, 76.7),
-        _lite("efficientnet_lite2", 1.1, 1.2, 260, 0.3, 77.6),
-        _lite("efficientnet_lite3", 1.2, 1.4, 280, 0.3, 79.8),
-        _lite("efficientnet_lite4", 1.4, 1.8, 300, 0.3, 81.5),
+        _v1("efficientnet_b0", 1.0, 1.0, 0.2, 224),
+        _v1("efficientnet_b1", 1.0, 1.1, 0.2, 240),
+        _v1("efficientnet_b2", 1.1, 1.2, 0.3, 260),
+        _v1("efficientnet_b3", 1.2, 1.4, 0.3, 300),
+        _v1("efficientnet_b4", 1.4, 1.8, 0.4, 380),
+        _v1("efficientnet_b5", 1.6, 2.2, 0.4, 456, tf_bn=True),
+        _v1("efficientnet_b6", 1.8, 2.6, 0.5, 528, tf_bn=True),
+        _v1("efficientnet_b7", 2.0, 3.1, 0.5, 600, tf_bn=True),
+        _v2("efficientnet_v2_s", V2_S_STAGES, 0.2, 300),
+        _v2("efficientnet_v2_m", V2_M_STAGES, 0.3, 384),
+        _v2("efficientnet_v2_l", V2_L_STAGES, 0.4, 384),
+        # Lite: width, depth, resolution, dropout.
+        _lite("efficientnet_lite0", 1.0, 1.0, 224, 0.2),
+        _lite("efficientnet_lite1", 1.0, 1.1, 240, 0.2),
+        _lite("efficientnet_lite2", 1.1, 1.2, 260, 0.3),
+        _lite("efficientnet_lite3", 1.2, 1.4, 280, 0.3),
+        _lite("efficientnet_lite4", 1.4, 1.8, 300, 0.3),
     )
-)
-
-
+}
 def list_models() -> list[str]:
     """Names accepted by :func:`build_model`, in table order."""
     return list(VARIANTS)
@@ -438,3 +425,15 @@ def build_model(name: str, num_classes: int = 1000, **overrides) -> EfficientNet
             f"unknown override(s) {sorted(unknown)} for build_model; allowed: {sorted(allowed)}"
         )
     return EfficientNet(get_variant(name), num_classes=num_classes, **overrides)
+
+
+MOVED_TO_WEIGHTS = ("IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN", "INCEPTION_STD")
+
+
+def __getattr__(name: str):
+    """Normalisation constants moved to src.models.weights (preprocessing, not architecture); still importable here."""
+    if name in MOVED_TO_WEIGHTS:
+        from . import weights
+
+        return getattr(weights, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

