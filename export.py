@@ -17,27 +17,21 @@ pass. Bad input ends with one ``error: ...`` line and exit status 2.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from infer.triton_repo import DEFAULT_MAX_BATCH_SIZE, write_triton_repo
-from infer.quantize import CALIB_METHODS, DEFAULT_CALIB_IMAGES, QuantizeError, compare_accuracy, quantize_int8
+from infer.quantize import CALIB_METHODS, DEFAULT_CALIB_IMAGES, QuantizeError
+from infer.triton_repo import DEFAULT_MAX_BATCH_SIZE
 from src.checkpoint import CheckpointError
 from src.config import ConfigError
 from src.export_check import DEFAULT_CHECK_TOLERANCE
-from src.onnx_export import (
-    DEFAULT_OPSET, FORMATS, ExportError, benchmark, check_opset, export_source, load_source, output_path,
-)
-from src.models import ImportedWeights
-from src.models.layouts import save_weights
-from src.writable import why_not_writable
+from src.export_steps import (BENCH_BATCHES, INT8_SUFFIX, WEIGHT_FORMATS, check_args, print_benchmark, write_int8,
+                              write_triton, write_weight_file)
+from src.model_loading import add_use_ema_argument, use_ema_flag
+from src.onnx_export import DEFAULT_OPSET, FORMATS, ExportError, export_source, load_source
 
 EXIT_BAD_INPUT = 2
-INT8_SUFFIX = "_int8"
-BENCH_BATCHES = (1, 32)
-WEIGHT_FORMATS = {"SAFETENSORS": ".safetensors"}  # weights + metadata only (no graph), written by src.models.layouts
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="variant, e.g. efficientnet_b0 (read from train.py checkpoints)")
     src.add_argument("--config", help="YAML: model, checkpoint_path, eval_resize/eval_crop/interpolation/"
                                       "normalization, class_num")
-    src.add_argument("--use_ema", nargs="?", const="true", type=str.lower, choices=("true", "false"),
-                     help="true: the checkpoint's EMA weights, false: its raw weights (default: EMA when "
-                          "it has them, the weights its best was chosen by)")
+    add_use_ema_argument(src)
     out = p.add_argument_group("output")
     out.add_argument("--file_name", help="output name without suffix (default: the model name)")
     out.add_argument("--file_format", type=_format, default="ONNX", help="ONNX (default), TORCHSCRIPT (.pt) or SAFETENSORS (weights, padding and "
@@ -100,82 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Flag combinations that cannot work, caught before the (slow) export."""
-    if args.quantize:
-        if args.file_format != "ONNX":
-            raise ExportError("--quantize needs --file_format ONNX")
-        if args.fp16:
-            raise ExportError("--quantize starts from the fp32 model; drop --fp16")
-        if not args.calib_dir:
-            raise ExportError("--quantize int8 needs --calib_dir DIR (a few hundred representative images)")
-        if not Path(args.calib_dir).exists():
-            raise ExportError(f"--calib_dir does not exist: {args.calib_dir}")
-    elif args.calib_dir or args.eval_dir:
-        raise ExportError("--calib_dir/--eval_dir are for --quantize int8")
-    if args.eval_dir and not Path(args.eval_dir).is_dir():
-        raise ExportError(f"--eval_dir is not a folder: {args.eval_dir}")
-    if (args.triton_repo or args.trt) and args.file_format != "ONNX":
-        raise ExportError("--triton_repo/--trt serve the ONNX file; use --file_format ONNX")
-    if args.trt and not args.triton_repo:
-        raise ExportError("--trt configures the Triton repository; add --triton_repo DIR")
-    if args.benchmark and args.file_format != "ONNX":
-        raise ExportError("--benchmark compares onnxruntime with PyTorch; use --file_format ONNX")
-    for flag in ("width", "height", "batch_size", "calib_images", "bench_threads", "triton_max_batch"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise ExportError(f"--{flag} must be >= 1, got {value}")
-    if not 0 < args.bench_seconds < math.inf:
-        raise ExportError(f"--bench_seconds must be a positive number of seconds, got {args.bench_seconds}")
-    if not 0 < args.check_tolerance < math.inf:
-        raise ExportError(f"--check_tolerance must be a positive number, got {args.check_tolerance}")
-    check_opset(args.opset)
-    folder = Path(args.file_name or "model").parent
-    reason = why_not_writable(folder)
-    if reason is not None:
-        raise ExportError(f"cannot write into {folder} for --file_name ({reason}); choose a writable folder")
-    reason = why_not_writable(args.triton_repo) if args.triton_repo else None
-    if reason is not None:
-        raise ExportError(f"cannot write into {args.triton_repo} for --triton_repo ({reason}); choose a writable folder")
-
-
 def run(args: argparse.Namespace) -> None:
     check_args(args)
-    use_ema = None if args.use_ema is None else args.use_ema == "true"
-    source = load_source(args.checkpoint_path, args.model, args.pretrained, args.config, use_ema)
+    source = load_source(args.checkpoint_path, args.model, args.pretrained, args.config, use_ema_flag(args.use_ema))
     if source.weights_note:
         print(source.weights_note, flush=True)
     file_name = args.file_name or source.model_name
     if args.file_format in WEIGHT_FORMATS:
-        path = Path(file_name).with_suffix(WEIGHT_FORMATS[args.file_format])
-        weights = ImportedWeights.from_model(source.model, source.preprocess.to_dict(), source.origin, source.classes)
-        print(f"wrote {save_weights(weights, path)} ({source.model_name}, {source.num_classes} classes, "
-              f"padding {weights.padding})")
+        write_weight_file(source, file_name, args.file_format)
         return
     result = export_source(source, file_name, args.file_format, args.width, args.height, args.batch_size,
                            args.opset, args.fp16, count_ops=not args.no_op_counts,
                            check_tolerance=args.check_tolerance)
+    onnx_files = [(result.path, Path(file_name).name)]
     if args.quantize:
-        int8_path = output_path(file_name + INT8_SUFFIX, "ONNX")
-        quantize_int8(result.path, int8_path, args.calib_dir, args.calib_images, args.calib_method)
-        if args.eval_dir:
-            for line in compare_accuracy(result.path, int8_path, args.eval_dir).lines():
-                print(line)
+        onnx_files.append((write_int8(result, file_name, args), Path(file_name).name + INT8_SUFFIX))
     if args.triton_repo:
-        name = Path(file_name).name
-        written = [(result.path, name)] + ([(int8_path, name + INT8_SUFFIX)] if args.quantize else [])
-        for path, model in written:
-            folder = write_triton_repo(path, args.triton_repo, model, args.triton_max_batch, args.trt)
-            labels = ", labels.txt" if (folder / "labels.txt").exists() else ""
-            print(f"triton model repository: {folder}/ (config.pbtxt, 1/model.onnx{labels})")
+        write_triton(onnx_files, args)
     if args.benchmark:
-        rows = benchmark(source.model, result.path, result.size, BENCH_BATCHES, args.bench_seconds,
-                         args.bench_threads)
-        print(f"benchmark ({source.model_name}, {result.size}x{result.size}, CPU, {rows[0]['threads']} "
-              "threads each, images/s):")
-        for row in rows:
-            print(f"  batch {row['batch']:>3}: PyTorch eager {row['eager']:8.1f}, onnxruntime "
-                  f"{row['onnxruntime']:8.1f} ({row['speedup']:.2f}x)")
+        print_benchmark(source, result, args.bench_seconds, args.bench_threads)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
