@@ -84,14 +84,22 @@ class Progress:
 
 
 @dataclass
+class Loaders:
+    """The data side of a run: the seeded sampler, the current stage's train loader, the val loader."""
+
+    sampler: EpochSampler
+    val: DataLoader | None = None
+    train: DataLoader | None = None  # rebuilt when a progressive stage begins
+    stage: StageSettings | None = None  # the stage ``train`` was built for
+
+
+@dataclass
 class Run:
     """Everything one training run holds; built by build_run, driven by train."""
 
-    cfg: Config
+    cfg: Config  # cfg.run_dir: rank 0's run folder on every rank
     info: DistInfo
-    run_dir: Path
     data: DataBundle
-    num_classes: int
     model: nn.Module  # the bare model: state_dict, evaluation, EMA source
     train_model: nn.Module  # what the step calls: model, DDP(model) and/or torch.compile(...)
     ddp: nn.parallel.DistributedDataParallel | None
@@ -103,13 +111,25 @@ class Run:
     monitor: TrainMonitor
     checkpoints: CheckpointManager
     early_stop: EarlyStopping | None
-    sampler: EpochSampler
+    loaders: Loaders
     steps_per_epoch: int
-    channels_last: bool
     progress: Progress = field(default_factory=Progress)
-    stage: StageSettings | None = None
-    loader: DataLoader | None = None
-    val_loader: DataLoader | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(str(self.cfg.run_dir))
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def channels_last(self) -> bool:
+        return channels_last(self.cfg)
+
+    @property
+    def stage(self) -> StageSettings | None:
+        return self.loaders.stage
 
     def log(self, line: str) -> None:
         self.monitor.log(line)
@@ -156,17 +176,17 @@ def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
     schedule = LRSchedule.from_config(cfg, steps, info.world_size)
     run_dir = _agreed_run_dir(cfg, info)
     run = Run(
-        cfg=cfg, info=info, run_dir=run_dir, data=data, num_classes=num_classes, model=model,
-        train_model=train_model, ddp=ddp,
+        cfg=cfg, info=info, data=data, model=model, train_model=train_model, ddp=ddp,
         ema=ModelEma(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None,
         optimizer=build_optimizer(model, cfg, schedule.lr_at(0)), schedule=schedule,
         scaler=build_scaler(cfg.amp, cfg.loss_scale, info.device), criterion=build_loss(cfg, num_classes),
         monitor=TrainMonitor(run_dir, cfg.epoch_size, steps, cfg.log_interval, info.is_main, device=info.device),
         checkpoints=CheckpointManager(run_dir, cfg.model, cfg.keep_checkpoint_max),
         early_stop=EarlyStopping(cfg.early_stop_patience) if cfg.early_stop_patience > 0 else None,
-        sampler=EpochSampler(len(data.train), cfg.batch_size, batches, cfg.seed, True, info.rank, info.world_size),
-        steps_per_epoch=steps, channels_last=channels_last(cfg))
-    run.val_loader = make_val_loader(run)
+        loaders=Loaders(EpochSampler(len(data.train), cfg.batch_size, batches, cfg.seed, True, info.rank,
+                                     info.world_size)),
+        steps_per_epoch=steps)
+    run.loaders.val = make_val_loader(run)
     describe(run)
     if ckpt is not None:
         restore(run, ckpt)
@@ -203,9 +223,9 @@ def make_train_loader(run: Run, stage: StageSettings) -> DataLoader:
     run.data.train.transform = transform  # type: ignore[attr-defined]
     if run.cfg.dataset == "wds":  # a stream of tar shards: it follows the sampler's epoch plan itself
         from src.shards import make_train_loader as make_shard_train_loader
-        return make_shard_train_loader(run.data.train, run.sampler, **_loader_kwargs(run))  # type: ignore[arg-type]
+        return make_shard_train_loader(run.data.train, run.loaders.sampler, **_loader_kwargs(run))  # type: ignore[arg-type]
     return DataLoader(SeededDataset(run.data.train, run.cfg.seed), batch_size=run.cfg.batch_size,
-                      sampler=run.sampler, drop_last=False, **_loader_kwargs(run))
+                      sampler=run.loaders.sampler, drop_last=False, **_loader_kwargs(run))
 
 
 def make_val_loader(run: Run) -> DataLoader | None:
@@ -224,16 +244,17 @@ def make_val_loader(run: Run) -> DataLoader | None:
 def loader_for_epoch(run: Run, epoch: int) -> DataLoader:
     """The current loader, rebuilt (with the model's dropout) when a progressive stage begins."""
     stage = stage_settings(run.cfg, epoch, run.data.image_size)
-    if run.loader is None or stage != run.stage:
+    loaders = run.loaders
+    if loaders.train is None or stage != loaders.stage:
         if run.cfg.progressive:
             run.log(f"progressive stage {stage.index + 1}/{len(run.cfg.progressive)} from epoch {epoch + 1}: "
                     f"image_size {stage.image_size}, dropout {stage.dropout}, randaug_magnitude "
                     f"{stage.randaug_magnitude}, mixup {stage.mixup}")
-        run.loader = None  # shut persistent workers of the previous stage down first
-        run.loader = make_train_loader(run, stage)
+        loaders.train = None  # shut persistent workers of the previous stage down first
+        loaders.train = make_train_loader(run, stage)
         set_dropout(run.model, stage.dropout)
-        run.stage = stage
-    return run.loader
+        loaders.stage = stage
+    return loaders.train
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,7 +350,7 @@ def train_one_epoch(run: Run, loader: DataLoader, epoch: int) -> None:
     cfg, p = run.cfg, run.progress
     accum = cfg.accumulate_grad_batches
     set_train_mode(run)
-    run.sampler.set_epoch(epoch, p.step_in_epoch * accum)
+    run.loaders.sampler.set_epoch(epoch, p.step_in_epoch * accum)
     run.monitor.start_epoch(epoch, first_step=p.step_in_epoch)  # a resumed epoch keeps its step numbers
     broken = 0
     batches = iter(loader)
@@ -390,13 +411,13 @@ def sync_replicas(run: Run) -> None:
 
 def validate(run: Run, epoch: int) -> float | None:
     """Top-1/top-5 of the model (and its EMA); returns the metric that drives best / early stop."""
-    if run.val_loader is None:
+    if run.loaders.val is None:
         return None
     pre, info = run.data.preprocess, run.info
     results = {"model": run.model} | ({"ema": run.ema.module} if run.ema is not None else {})
     metric = None
     for tag, module in results.items():
-        res = evaluate(module, run.val_loader, info.device, pre.mean, pre.std, run.num_classes,
+        res = evaluate(module, run.loaders.val, info.device, pre.mean, pre.std, run.num_classes,
                        channels_last=run.channels_last, amp=run.cfg.amp)
         run.monitor.log_val(epoch, res.top1, res.top5, res.loss, tag=None if tag == "model" else tag)
         run.progress.last_val.update({f"{tag}_top1": res.top1, f"{tag}_top5": res.top5, f"{tag}_count": res.count})
@@ -530,7 +551,7 @@ def train(run: Run) -> TrainResult:
         p.epoch, p.step_in_epoch = epoch + 1, 0
         if end_of_epoch(run, epoch):
             break
-    run.loader = run.val_loader = None  # stop persistent workers before the process group goes
+    run.loaders.train = run.loaders.val = None  # stop persistent workers before the process group goes
     run.monitor.close()
     return TrainResult(run.run_dir, p.epoch, p.global_step, p.best_metric, p.best_epoch, dict(p.last_val),
                        p.last_checkpoint, p.best_checkpoint, p.nonfinite_total, p.broken_total, p.overflow_total)
