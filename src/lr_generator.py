@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from src.best import check_mode, is_improvement
+
 # 'steps' mode: multiply by STEP_DECAY_FACTOR at these fractions of all training steps.
 STEP_MILESTONES = (0.3, 0.6, 0.8)
 STEP_DECAY_FACTOR = 0.1
@@ -124,20 +126,13 @@ class PlateauScheduler:
             raise ValueError(f"factor must be in (0, 1), got {factor}")
         if patience < 0:
             raise ValueError(f"patience must be >= 0, got {patience}")
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.lr, self.factor, self.patience, self.min_lr, self.mode = lr, factor, patience, min_lr, mode
+        self.lr, self.factor, self.patience, self.min_lr, self.mode = lr, factor, patience, min_lr, check_mode(mode)
         self.best: float | None = None
         self.num_bad = 0
 
-    def _improved(self, metric: float) -> bool:
-        if self.best is None:
-            return True
-        return metric > self.best if self.mode == "max" else metric < self.best
-
     def step(self, metric: float) -> bool:
         """Record one validation result; returns True when the LR was reduced."""
-        if self._improved(metric):
+        if is_improvement(metric, self.best, self.mode):
             self.best, self.num_bad = float(metric), 0
             return False
         self.num_bad += 1

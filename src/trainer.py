@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from src.amp import NoScaler, autocast, build_scaler
+from src.best import is_improvement
 from src.checkpoint import BEST_TAG, CHECKPOINT_SUFFIX, CheckpointError, CheckpointManager, restore_rng_state, rng_state
 from src.config import Config
 from src.dataset import Batch, ShardedEvalSampler, collate_skip_broken, to_device_normalized
@@ -527,7 +528,7 @@ def end_of_epoch(run: Run, epoch: int) -> bool:
     metric = validate(run, epoch) if ((epoch + 1) % cfg.eval_interval == 0 or last) else None
     stop, best = False, False
     if metric is not None and math.isfinite(metric):
-        best = p.best_metric is None or metric > p.best_metric
+        best = is_improvement(metric, p.best_metric)
         if best:
             p.best_metric, p.best_epoch = metric, epoch + 1
         if run.schedule.on_validation(metric):
