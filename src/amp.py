@@ -32,13 +32,14 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def grads_finite(optimizer: torch.optim.Optimizer) -> bool:
-    """True when every gradient the optimizer will apply is finite (one device sync)."""
+def grads_finite(optimizer: torch.optim.Optimizer, bad_loss: torch.Tensor | None = None) -> bool:
+    """True when every gradient the optimizer will apply is finite and ``bad_loss`` (a device flag,
+    non-zero when the loss was NaN/inf) is zero: one host read for both."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not grads:
-        return True
-    norms = torch._foreach_norm(grads)
-    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+    checks = [torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads)])).all()] if grads else []
+    if bad_loss is not None:
+        checks.append((bad_loss == 0).all())
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 class NoScaler:
@@ -52,13 +53,14 @@ class NoScaler:
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are already true gradients."""
 
-    def step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Apply the optimizer step; False (nothing applied) when a gradient is inf/NaN.
+    def step(self, optimizer: torch.optim.Optimizer, bad_loss: torch.Tensor | None = None) -> bool:
+        """Apply the optimizer step; False (nothing applied) when a gradient is inf/NaN or ``bad_loss``
+        (a device flag: the loss was NaN/inf) is set.
 
         A finite loss can still give non-finite gradients (a bf16 overflow in backward, a bad
         custom layer); applying them would write NaN into every weight the optimizer touches.
         """
-        if not grads_finite(optimizer):
+        if not grads_finite(optimizer, bad_loss):
             return False
         optimizer.step()
         return True
@@ -92,10 +94,10 @@ class StaticScaler(NoScaler):
             torch._foreach_mul_(grads, 1.0 / self.scale)
         self._unscaled = True
 
-    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+    def step(self, optimizer: torch.optim.Optimizer, bad_loss: torch.Tensor | None = None) -> bool:
         self.unscale_(optimizer)
         self._unscaled = False
-        if not grads_finite(optimizer):
+        if not grads_finite(optimizer, bad_loss):
             return False
         optimizer.step()
         return True
@@ -122,8 +124,12 @@ class DynamicScaler(NoScaler):
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> bool:
-        """GradScaler.step + update; the scale only drops when the step was skipped for inf/NaN."""
+    def step(self, optimizer: torch.optim.Optimizer, bad_loss: torch.Tensor | None = None) -> bool:
+        """GradScaler.step + update; the scale only drops when the step was skipped for inf/NaN.
+        A NaN/inf loss (``bad_loss`` set) skips the step with the scale kept, as if never taken."""
+        if bad_loss is not None and bool((bad_loss != 0).any()):  # GradScaler takes no flag from outside
+            self.scaler.update(new_scale=self.scaler.get_scale())  # ends the iteration (unscale_ state) unchanged
+            return False
         scale_before = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()

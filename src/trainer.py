@@ -309,41 +309,47 @@ def forward_backward(run: Run, batch: Batch, last_micro: bool, micro: int) -> to
     return loss.detach().float() * (weight * cfg.accumulate_grad_batches)
 
 
-def _all_finite(loss: torch.Tensor, run: Run) -> bool:
-    """Whether every rank's loss is finite; ranks must agree or their weights would diverge."""
-    flag = torch.isfinite(loss).to(torch.float32).reshape(1)
+def nonfinite_loss(loss: torch.Tensor, run: Run) -> torch.Tensor:
+    """1 when the loss is NaN/inf on any rank, else 0: a tensor on the loss's device, so no host sync
+    here; ranks agree (all-reduce) or their weights would diverge."""
+    flag = (~torch.isfinite(loss)).to(torch.float32).reshape(1)
     if run.info.distributed:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag
 
 
 def optimizer_step(run: Run, loss: torch.Tensor) -> bool:
-    """Skip on a non-finite loss (stop after too many in a row), else clip, step, update the EMA."""
+    """Clip, step, update the EMA; a step whose loss (on any rank) or gradients are not finite is
+    skipped and counted, and too many non-finite losses in a row stop the run."""
     p, cfg = run.progress, run.cfg
-    if not _all_finite(loss, run):
-        run.optimizer.zero_grad(set_to_none=True)
-        p.nonfinite_streak += 1
-        p.nonfinite_total += 1
-        run.log(f"warning: non-finite loss at epoch {p.epoch + 1} step {p.step_in_epoch + 1}; step skipped "
-                f"({p.nonfinite_streak} in a row, {p.nonfinite_total} in all)")
-        if p.nonfinite_streak >= cfg.max_nonfinite_steps:
-            kept = p.last_checkpoint or "none saved yet"
-            raise NonFiniteLossError(
-                f"the loss was NaN/inf for {p.nonfinite_streak} consecutive steps (max_nonfinite_steps); "
-                f"training stopped. Lower --lr_max, set --grad_clip, or use --amp bf16/none. "
-                f"Last good checkpoint: {kept}")
-        return False
-    p.nonfinite_streak = 0
+    bad_loss = nonfinite_loss(loss, run)
     if cfg.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_([q for q in run.model.parameters() if q.grad is not None], cfg.grad_clip)
-    applied = run.scaler.step(run.optimizer)
+    # One host read per step, for loss and gradients together (in scaler.step), as GradScaler's own step has;
+    # a skip with no read at all needs optimizers that take a device found_inf (torch's fused ones, not RMSpropTF).
+    applied = run.scaler.step(run.optimizer, bad_loss)
     run.optimizer.zero_grad(set_to_none=True)
-    if not applied:
+    if applied:
+        p.nonfinite_streak = 0
+        if run.ema is not None:
+            run.ema.update(run.model)
+        return True
+    if not bad_loss.item():  # read on skipped steps only: the gradients overflowed, the loss was finite
+        p.nonfinite_streak = 0
         p.overflow_total += 1
-    if applied and run.ema is not None:
-        run.ema.update(run.model)
-    return applied
+        return False
+    p.nonfinite_streak += 1
+    p.nonfinite_total += 1
+    run.log(f"warning: non-finite loss at epoch {p.epoch + 1} step {p.step_in_epoch + 1}; step skipped "
+            f"({p.nonfinite_streak} in a row, {p.nonfinite_total} in all)")
+    if p.nonfinite_streak >= cfg.max_nonfinite_steps:
+        kept = p.last_checkpoint or "none saved yet"
+        raise NonFiniteLossError(
+            f"the loss was NaN/inf for {p.nonfinite_streak} consecutive steps (max_nonfinite_steps); "
+            f"training stopped. Lower --lr_max, set --grad_clip, or use --amp bf16/none. "
+            f"Last good checkpoint: {kept}")
+    return False
 
 
 def train_one_epoch(run: Run, loader: DataLoader, epoch: int) -> None:

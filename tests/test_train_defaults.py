@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ import eval as eval_entry
 import train
 from helpers_data import make_image_folder
 from src import trainer
-from src.amp import NoScaler
+from src.amp import DynamicScaler, NoScaler, StaticScaler
 from src.models import build_model
 
 FAST = ["--image_size", "32", "--log_interval", "1"]
@@ -59,6 +60,36 @@ def test_no_scaler_skips_a_step_whose_gradients_are_not_finite():
     optimizer.zero_grad()
     layer(torch.ones(1, 3)).sum().backward()
     assert NoScaler().step(optimizer) is True
+    assert not torch.equal(before["bias"], layer.bias)
+
+
+def test_the_loss_check_is_a_device_flag_not_a_host_read():
+    """No .item()/bool() per step: the flag stays a tensor on the loss's device until a step is skipped."""
+    run = SimpleNamespace(info=SimpleNamespace(distributed=False))
+    flags = [trainer.nonfinite_loss(torch.tensor(value), run) for value in (1.5, float("nan"), float("inf"), -0.0)]
+    assert all(isinstance(f, torch.Tensor) and f.device.type == "cpu" for f in flags)
+    assert [f.tolist() for f in flags] == [[0.0], [1.0], [1.0], [0.0]]
+
+
+@pytest.mark.parametrize("make_scaler", [NoScaler, lambda: StaticScaler(128.0),
+                                         lambda: DynamicScaler(torch.device("cpu"))], ids=["none", "static", "dynamic"])
+def test_every_scaler_skips_a_step_flagged_for_a_non_finite_loss_even_with_finite_gradients(make_scaler):
+    """An inf loss can have finite gradients (label smoothing over a -inf logit): the flag alone skips the
+    step; weights, optimizer state and the loss scale stay as they were, and the next step applies."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
+    scaler = make_scaler()
+    scale = scaler.state_dict()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    scaler.backward(layer(torch.ones(1, 3)).sum())
+    scaler.unscale_(optimizer)  # as --grad_clip does before the step
+    assert scaler.step(optimizer, torch.ones(1)) is False
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items()) and optimizer.state_dict()["state"] == {}
+    assert scaler.state_dict() == scale
+    optimizer.zero_grad()
+    scaler.backward(layer(torch.ones(1, 3)).sum())
+    assert scaler.step(optimizer, torch.zeros(1)) is True
     assert not torch.equal(before["bias"], layer.bias)
 
 
