@@ -28,7 +28,8 @@ from src.distributed import DistributedError, cleanup, init_distributed, is_main
 from src.eval_data import EVAL_DATASET_KINDS, build_loader, map_to_model, read_eval_data
 from src.eval_settings import (DEFAULT_BATCH_SIZE, EvalInputError, check_output_files, eval_preprocess, load_model,
                                merge_settings)
-from src.evaluate import evaluate, print_report, save_reports
+from src.eval_report import print_report, save_reports, start_lines
+from src.evaluate import evaluate
 from src.host_memory import reuse_freed_memory_if_requested
 from src.model_loading import IMAGENET, ModelLoadError, add_use_ema_argument
 from src.models import PADDINGS, WeightMismatchError
@@ -93,13 +94,8 @@ def run(argv: Sequence[str] | None) -> int:
         reuse_freed_memory_if_requested()  # EFFNET_MALLOC=tuned
     try:
         if info.is_main:
-            for note in (loaded.weights_note, loaded.import_note, mapping.note):  # which weights, foreign layouts
-                if note:
-                    print(note, flush=True)
-            print(f"evaluating {loaded.name} ({loaded.num_classes} classes{', EMA weights' if loaded.use_ema else ''}) "
-                  f"on {data.describe()}; resize {pre.resize} -> crop {pre.crop} {pre.interpolation}, batch "
-                  f"{s.batch_size} x {info.world_size} process(es), device {info.device}; padding {loaded.padding}, "
-                  f"mean {'/'.join(f'{v:g}' for v in pre.mean)}, std {'/'.join(f'{v:g}' for v in pre.std)}", flush=True)
+            for line in start_lines(loaded, mapping, data.describe(), pre, s.batch_size, info):
+                print(line, flush=True)
         model = loaded.model.to(info.device)
         if s.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -110,10 +106,8 @@ def run(argv: Sequence[str] | None) -> int:
             raise DatasetError(f"none of the {result.broken} images in {data.where} could be read")
         if info.is_main:
             print_report(result, mapping.names, loaded.source)
-            save_reports(result, mapping.names, {
-                "checkpoint": loaded.source, "model": loaded.name, "num_classes": loaded.num_classes,
-                "use_ema": loaded.use_ema, "preprocess": pre.to_dict(), "dataset": data.where,
-                "world_size": info.world_size, "device": str(info.device)}, s.args.output_json, s.args.confusion_csv)
+            save_reports(result, mapping.names, loaded, pre, data.where, info, s.args.output_json,
+                         s.args.confusion_csv)
     finally:
         cleanup()
     return 0

@@ -11,13 +11,10 @@ confusion matrix (its diagonal and row sums), so they add up to the totals by co
 from __future__ import annotations
 
 import csv
-import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +27,7 @@ from src.dataset import to_device_normalized
 from src.distributed import all_reduce_sum, is_initialized
 
 __all__ = ["TOP_K", "WORST_CLASSES", "EvalResult", "evaluate", "format_result_line",
-           "format_summary", "print_report", "save_reports", "write_confusion_csv"]
+           "format_summary", "write_confusion_csv"]
 
 TOP_K = 5  # the "top-5" of ImageNet reporting; min(TOP_K, num_classes) when there are fewer classes
 WORST_CLASSES = 5  # how many of the lowest-accuracy classes the summary names
@@ -265,28 +262,3 @@ def write_confusion_csv(result: EvalResult, classes: Sequence[str], path: str) -
         for name, row in zip(classes, result.confusion):
             writer.writerow([name, *(int(v) for v in row)])
 
-
-def print_report(result: EvalResult, classes: Sequence[str], source: str) -> None:
-    """eval.py's closing lines: the ModelZoo result line, the summary, and a warning naming a few
-    unreadable images when some were skipped."""
-    print(format_result_line(result, source), flush=True)
-    print(format_summary(result, classes), flush=True)
-    if result.broken:
-        shown = ", ".join(result.broken_paths[:3])
-        print(f"warning: {result.broken} unreadable images were not scored (e.g. {shown})", file=sys.stderr)
-
-
-def save_reports(result: EvalResult, classes: Sequence[str], about: Mapping[str, Any],
-                 output_json: str | None = None, confusion_csv: str | None = None) -> None:
-    """--output_json (every metric, per class too, plus ``about``: what was scored, how) and
-    --confusion_csv; each written file is named in one line. Missing folders are created."""
-    if output_json:
-        path = Path(output_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**result.to_dict(classes), **about}, indent=2) + "\n", encoding="utf-8")
-        print(f"metrics written to {path}")
-    if confusion_csv:
-        path = Path(confusion_csv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_confusion_csv(result, classes, str(path))
-        print(f"confusion matrix written to {path}")
