@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -327,6 +328,29 @@ def test_pretrained_imagenet_uses_torchvision_download(files, tmp_path, capsys, 
     assert result["images"] == NUM_IMAGES and result["num_classes"] == 1000
     assert result["per_class_summary"]["classes_with_images"] == len(CLASSES)  # folders -> indices 0..6
     assert [r["class"] for r in result["per_class"][:8]] == [*CLASSES, "class_7"]
+
+
+def test_folders_named_otherwise_score_by_sorted_order_only_when_all_classes_are_there(files, single_run, tmp_path,
+                                                                                       capsys):
+    """src.class_mapping's rule through eval.py: as many folders as the checkpoint has classes, none named
+    like them (WordNet ids against category words): the sorted order, with a note; fewer: an error."""
+    renamed = tmp_path / "renamed"
+    shutil.copytree(files["root"] / "val", renamed)
+    for i, name in enumerate(CLASSES):
+        (renamed / name).rename(renamed / f"n{i:08d}")
+    code, out, err = _run_main(capsys, ["--checkpoint_path", files["ckpt"], "--dataset_path", renamed, *FAST,
+                                        "--output_json", tmp_path / "r.json"])
+    assert code == 0, err
+    assert out.splitlines()[0] == (f"note: no class folder of {renamed} is named like the checkpoint's classes (e.g. "
+                                   "WordNet ids against category names); labels are the class folders' sorted order, "
+                                   "as in training")
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [r["class"] for r in result["per_class"]] == CLASSES  # the checkpoint's names
+    assert result["per_class"] == single_run["json"]["per_class"]
+    shutil.rmtree(renamed / "n00000006")
+    code, out, err = _run_main(capsys, ["--checkpoint_path", files["ckpt"], "--dataset_path", renamed, *FAST])
+    assert (code, err) == (2, f"error: class folder 'n00000000' in {renamed} is not one of the checkpoint's 7 classes "
+                              f"({', '.join(CLASSES[:5])}, ...); 6 class folders do not match\n")
 
 
 def test_use_ema_evaluates_the_ema_weights(files, tmp_path, capsys):
