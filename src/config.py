@@ -219,6 +219,8 @@ class Config:
     progressive: list | None = _key(None, "list", "progressive resizing stages: list of {epochs, image_size, "
                                     "dropout, randaug_magnitude, mixup}; the last stage runs to the end",
                                     nullable=True)
+    qat: bool = _key(False, "bool", "quantization-aware training: fake-quantized int8 fine-tuning of --pretrained "
+                     "weights at a fixed image_size (src/qat.py); export.py then writes an int8 ONNX file")
     max_nonfinite_steps: int = _pos_int(20, "abort after N consecutive steps with a non-finite loss")
     finetune_auto: bool = _key(False, "bool", "pick lr_max/epoch_size/batch_size/dropout from the dataset size")
     dist_backend: str | None = _key(None, "str", "torch.distributed backend; null = nccl on GPU, gloo on CPU",

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from src import qat
 from src.checkpoint import extract_state_dict, load_checkpoint
 from src.errors import ModelLoadError
 from src.models import (ImportedWeights, WeightsNotInstalled, build_model, check_fits, get_variant, import_weights,
@@ -27,6 +28,7 @@ from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEP
 from src.models.pretrained import PRETRAINED_TAG, imagenet_weights, pretrained_url
 from src.models.weights import has_torchvision_weights
 from src.preprocess import Preprocess
+from src.qat import QAT_KEY
 
 CLASSIFIER_WEIGHT = "classifier.1.weight"  # its rows are the class count of a state_dict
 IMAGENET = "imagenet"  # the --pretrained value naming torchvision's published weights
@@ -168,6 +170,8 @@ def load_trained(
         raise ModelLoadError(f"{path} holds {saved} weights but {model_origin} is {model_name}; "
                              "drop it or pass the matching checkpoint")
     name = saved or model_name
+    if saved and obj.get(QAT_KEY):
+        return _load_qat(obj, state, saved, path, use_ema, weights_note, class_num)
     if name or _torchvision_layout(state):  # other layouts: the variant whose shapes fit
         name = variant_name(name, f"{path} is a plain state_dict without a model name")
     weights, import_note = _imported(obj, state, name, path, padding)
@@ -182,6 +186,24 @@ def load_trained(
     return LoadedModel(_build(weights, num_classes, path), name, num_classes,
                        [str(c) for c in classes] if classes else None, preprocess, path, use_ema, weights_note,
                        import_note, weights.padding)
+
+
+def _load_qat(obj: dict, state: dict, name: str, path: str, use_ema: bool, weights_note: str | None,
+              class_num: int | None) -> LoadedModel:
+    """A train.py --qat true checkpoint: the fake-quantized network, observers off, as its int8 file computes."""
+    config = obj.get("config") or {}
+    num_classes = classifier_size(state, path)
+    check_class_num(num_classes, class_num, path)
+    padding = config.get("padding") if config.get("padding") in ("same", "symmetric") else "symmetric"
+    float_model = build_model(name, num_classes=num_classes, padding=padding, bn_eps=config.get("bn_eps"))
+    try:
+        model = qat.load_for_eval(float_model, state, int(obj[QAT_KEY]["image_size"]))
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is not a loadable QAT checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    classes = obj.get("classes")
+    return LoadedModel(model, name, num_classes, [str(c) for c in classes] if classes else None,
+                       _saved_preprocess(obj.get("preprocess"), path), path, use_ema, weights_note,
+                       f"quantization-aware trained at {obj[QAT_KEY]['image_size']} px: int8 simulated", padding)
 
 
 def load_published(

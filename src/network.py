@@ -12,7 +12,8 @@ from torch import nn
 from src.checkpoint import CheckpointError, load_checkpoint
 from src.config import Config
 from src.distributed import DistInfo
-from src.models import WeightsNotInstalled, build_model, load_weights, resolve_weights
+from src import qat
+from src.models import WeightsNotInstalled, build_model, get_variant, load_weights, resolve_weights
 from src.preflight import TrainInputError
 
 
@@ -31,7 +32,9 @@ def build_network(cfg: Config, num_classes: int, info: DistInfo, resuming: bool)
     if cfg.freeze_backbone:
         model.features.requires_grad_(False)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
-    if cfg.sync_bn and info.distributed:
+    if cfg.qat:  # BatchNorm statistics are frozen in QAT: nothing for SyncBN to synchronise
+        model = qat.prepare_for_training(model, cfg.image_size or get_variant(cfg.model).train_size)
+    elif cfg.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(info.device)
     if channels_last(cfg):

@@ -42,6 +42,8 @@ from src.export_check import (
 from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_published, load_trained
 from src.models import NETWORK_STRIDE, get_variant, load_pretrained
 from src.models.pretrained import PRETRAINED_TAG
+from src.qat import QAT_OPSET, is_qat_model
+from src.qat_onnx import export_qat_onnx, verify_qat_onnx
 from src.preprocess import Preprocess
 
 DEFAULT_OPSET = 17
@@ -500,6 +502,8 @@ def export_source(
     if file_format == "ONNX":
         check_opset(opset)
     pre = preprocess_for_size(source.preprocess, size)
+    if is_qat_model(source.model):
+        return _export_qat(source, file_name, file_format, size, batch_size, fp16, pre, announce)
     metadata = build_metadata(source.model_name, pre, source.classes, source.num_classes,
                               precision="fp16" if fp16 else "fp32")
     path = output_path(file_name, file_format)
@@ -530,3 +534,33 @@ def export_source(
                  f"(BatchNormalization {result.op_counts.get('BatchNormalization', 0)})")
         announce(f"ops after onnxruntime optimisation: {format_op_counts(result.optimized_op_counts)}")
     return result
+
+
+def _export_qat(source: ExportSource, file_name: str, file_format: str, size: int, batch_size: int | None,
+                fp16: bool, pre: Preprocess, announce: Announce) -> ExportResult:
+    """A quantization-aware trained checkpoint: its int8 QDQ file, checked against the fake-quantized model."""
+    trained = source.model.qat_image_size
+    if file_format != "ONNX" or fp16:
+        raise ExportError("a QAT checkpoint exports as an int8 ONNX file: drop --fp16 / --file_format")
+    if size != trained:
+        raise ExportError(f"this QAT model was trained at {trained} px; export it at that size "
+                          f"(--width {trained} --height {trained})")
+    metadata = build_metadata(source.model_name, pre, source.classes, source.num_classes, precision="int8")
+    path = output_path(file_name, file_format)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = check_images(pre, batch_size)
+    with replaced_when_done(path) as temporary:
+        export_qat_onnx(source.model, temporary, size, metadata, INPUT_NAME, OUTPUT_NAME, batch_size)
+        session = create_session(temporary, "CPU", announce=lambda _: None)
+        step = batch_size or len(x)
+        logits = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + step].numpy()})[0]
+                                 for i in range(0, len(x), step)])
+        del session
+        try:
+            check = verify_qat_onnx(logits, source.model, x)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+    announce(f"exported {source.model_name} ({source.origin}) -> {path} [ONNX opset {QAT_OPSET}, int8 QDQ from "
+             f"quantization-aware training, {size}x{size}, batch {batch_size or 'dynamic'}]")
+    announce(f"check: onnx.checker ok; {check.describe()}")
+    return ExportResult(path, size, check.file_error, metadata)

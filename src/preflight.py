@@ -66,6 +66,7 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
     run_dir = choose_run_dir(cfg, create=False)  # an occupied --save_checkpoint_path fails here, before the data
     if cfg.sync_bn and cfg.device_target == "CPU" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainInputError("--sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); drop it for CPU runs")
+    check_qat(cfg, ckpt)
     data = load_data(cfg)
     launch = launch_env(os.environ)
     world = launch.world_size if launch else 1
@@ -280,6 +281,19 @@ def check_run_dir(run_dir: Path) -> None:
     if reason is not None:
         raise TrainInputError(f"--save_checkpoint_path {run_dir} cannot hold the run's files ({reason}); "
                               "choose a writable folder")
+
+
+def check_qat(cfg: Config, ckpt: dict | None) -> None:
+    """--qat true fine-tunes trained weights at one image size, in float32."""
+    if not cfg.qat:
+        return
+    if not cfg.pretrained and ckpt is None:
+        raise TrainInputError("--qat true fine-tunes trained weights: pass --pretrained CKPT (your train.py "
+                              "checkpoint, or imagenet)")
+    if cfg.progressive:
+        raise TrainInputError("--qat true trains at one image_size: drop progressive")
+    if cfg.amp != "none":
+        raise TrainInputError("--qat true runs in float32 (fake-quantized): drop --amp")
 
 
 def check_inputs(cfg: Config) -> str:

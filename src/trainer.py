@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from src import qat
 from src.amp import NoScaler, autocast, build_scaler
 from src.best import is_improvement
 from src.checkpoint import BEST_TAG, CHECKPOINT_SUFFIX, CheckpointError, CheckpointManager, restore_rng_state, rng_state
@@ -48,6 +49,7 @@ from src.monitor import EarlyStopping, TrainMonitor, format_lr
 from src.network import build_network, channels_last, wrap_model
 from src.optimizer import build_optimizer
 from src.preflight import DataBundle, TrainInputError, announce, plan_epoch, prepare, stage_resize
+from src.qat import QAT_KEY
 from src.progressive import StageSettings, augment_config, set_dropout, stage_settings
 from src.sampler import EpochSampler, SeededDataset
 from src.transforms import build_train_transform
@@ -357,6 +359,8 @@ def train_one_epoch(run: Run, loader: DataLoader, epoch: int) -> None:
     cfg, p = run.cfg, run.progress
     accum = cfg.accumulate_grad_batches
     set_train_mode(run)
+    if cfg.qat:
+        qat.start_epoch(run.model, epoch)
     run.loaders.sampler.set_epoch(epoch, p.step_in_epoch * accum)
     run.monitor.start_epoch(epoch, first_step=p.step_in_epoch)  # a resumed epoch keeps its step numbers
     broken = 0
@@ -424,8 +428,9 @@ def validate(run: Run, epoch: int) -> float | None:
     results = {"model": run.model} | ({"ema": run.ema.module} if run.ema is not None else {})
     metric = None
     for tag, module in results.items():
-        res = evaluate(module, run.loaders.val, info.device, pre.mean, pre.std, run.num_classes,
-                       channels_last=run.channels_last, amp=run.cfg.amp)
+        with qat.observers_paused(module):
+            res = evaluate(module, run.loaders.val, info.device, pre.mean, pre.std, run.num_classes,
+                           channels_last=run.channels_last, amp=run.cfg.amp)
         run.monitor.log_val(epoch, res.top1, res.top5, res.loss, tag=None if tag == "model" else tag)
         run.progress.last_val.update({f"{tag}_top1": res.top1, f"{tag}_top5": res.top5, f"{tag}_count": res.count})
         metric = res.top1  # the EMA's when there is one (evaluated last), as timm does
@@ -456,6 +461,7 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
         "rng": rng_state(), "rng_per_rank": gather_rng_states(run), "best_metric": p.best_metric,
         "best_epoch": p.best_epoch, "best_checkpoint": p.best_checkpoint, "early_stop": early,
         "nonfinite_total": p.nonfinite_total, "overflow_total": p.overflow_total, "broken_total": p.broken_total,
+        QAT_KEY: qat.checkpoint_entry(run.model),
     }
 
 
