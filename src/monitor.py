@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from src.best import check_mode, is_improvement
 from src.plot import MATPLOTLIB_NOTE, save_curves_png
 from src.scalar_logs import SUMMARY_FILE, TENSORBOARD_NOTE, SummaryCsv, open_tensorboard, scalars
 
@@ -238,14 +239,10 @@ class BestTracker:
     """Remembers the best metric seen; ``update`` says whether the new value is a new best."""
 
     def __init__(self, mode: str = "max", best: float | None = None) -> None:
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.mode, self.best = mode, best
+        self.mode, self.best = check_mode(mode), best
 
     def is_better(self, value: float, min_delta: float = 0.0) -> bool:
-        if self.best is None:
-            return True
-        return value > self.best + min_delta if self.mode == "max" else value < self.best - min_delta
+        return is_improvement(value, self.best, self.mode, min_delta)
 
     def update(self, value: float) -> bool:
         if self.is_better(value):
