@@ -19,9 +19,10 @@ from pathlib import Path
 
 from src.checkpoint import CHECKPOINT_SUFFIX
 from src.monitor import CURVES_FILE, LOG_FILE, METRICS_FILE
+from src.scalar_logs import EVENTS_GLOB, SUMMARY_FILE
 
 CONFIG_FILE = "config.yaml"
-RUN_FILES = (METRICS_FILE, LOG_FILE, CURVES_FILE, CONFIG_FILE)  # what a run writes besides checkpoints
+RUN_FILES = (METRICS_FILE, LOG_FILE, CURVES_FILE, CONFIG_FILE, SUMMARY_FILE)  # besides checkpoints and events
 MAX_NAME_TRIES = 1000
 
 
@@ -30,11 +31,14 @@ class RunDirError(ValueError):
 
 
 def previous_run_files(folder: Path) -> list[Path]:
-    """Files of an earlier run in ``folder``: checkpoints, metrics, log, curves, config."""
+    """Files of an earlier run in ``folder``: metrics, log, curves, config, summary, TensorBoard
+    events, checkpoints."""
     if not folder.is_dir():
         return []
     found = [folder / name for name in RUN_FILES if (folder / name).is_file()]
-    return found + sorted(p for p in folder.glob(f"*{CHECKPOINT_SUFFIX}") if p.is_file())
+    for pattern in (EVENTS_GLOB, f"*{CHECKPOINT_SUFFIX}"):
+        found += sorted(p for p in folder.glob(pattern) if p.is_file())
+    return found
 
 
 def check_reuse(folder: Path, overwrite: bool, resuming: bool) -> list[Path]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 SUMMARY_FILE = "summary.csv"
+EVENTS_GLOB = "events.out.tfevents*"  # how SummaryWriter names its event files
 SUMMARY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "img_per_s", "epoch_time_s",
                    "broken_images")  # more columns (e.g. ema_val_top1) follow when first logged
 TENSORBOARD_NOTE = "note: no TensorBoard event files: tensorboard is not installed (pip install tensorboard)"

@@ -20,6 +20,7 @@ from helpers_data import make_image_folder
 from src import trainer
 from src.amp import DynamicScaler, NoScaler, StaticScaler
 from src.models import build_model
+from src.run_dir import RunDirError, check_reuse, delete_run_files
 
 FAST = ["--image_size", "32", "--log_interval", "1"]
 torch.set_num_threads(1)
@@ -168,6 +169,19 @@ def test_runs_never_overwrite_each_other(data3, tmp_path, monkeypatch, capsys):
     code, out, err = run_train([*base, "--save_checkpoint_path", explicit, "--overwrite", "true"], capsys)
     assert code == 0, err
     assert len(records(explicit, "epoch")) == 1  # one run's metrics, not two
+    assert (explicit / "summary.csv").read_text().count("\n") == 2  # header and this run's one epoch
+    assert len(list(explicit.glob("events.out.tfevents*"))) == 1  # the earlier run's event file is gone
+
+
+@pytest.mark.parametrize("leftover", ["summary.csv", "events.out.tfevents.1700000000.host.1.0"])
+def test_a_folder_holding_only_a_summary_or_event_file_is_a_run(tmp_path, leftover):
+    (tmp_path / leftover).write_text("x")
+    (tmp_path / "notes.txt").write_text("not a run file")
+    with pytest.raises(RunDirError, match=f"holds another run \\({leftover}\\)"):
+        check_reuse(tmp_path, overwrite=False, resuming=False)
+    assert check_reuse(tmp_path, overwrite=True, resuming=False) == [tmp_path / leftover]
+    delete_run_files([tmp_path / leftover])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
 # ------------------------------------------------------------------------------ extending a run
