@@ -17,7 +17,7 @@ from bench.common import check_args, write_json
 MODES = {
     "model": (model_mode, "train-step and inference images/s: ours vs torchvision/timm"),
     "data": (data_mode, "images/s per worker of the train/eval pipelines: ours vs torchvision's chain"),
-    "onnx": (onnx_mode, "inference images/s: onnxruntime vs PyTorch eager"),
+    "onnx": (onnx_mode, "inference images/s: onnxruntime vs PyTorch eager; --int8: fp32 vs int8 onnxruntime"),
     "memory": (memory_mode, "peak memory of a training step: checkpointing and AMP on/off, ours vs torchvision"),
     "train": (train_mode, "end-to-end train.py images/s vs a plain PyTorch loop"),
 }

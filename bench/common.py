@@ -83,6 +83,31 @@ def paired_rounds(
     return times
 
 
+TARGET_SECONDS_PER_CALL_GROUP = 0.5  # calls per round are sized so one round takes about this
+WARMUP_CALLS = 2
+
+
+def iterations_for(fn: Callable[[], object], device: torch.device) -> int:
+    """Calls per timed group so a group lasts about TARGET_SECONDS_PER_CALL_GROUP (>= 1)."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return max(1, round(TARGET_SECONDS_PER_CALL_GROUP / max(time.perf_counter() - start, 1e-6)))
+
+
+def warm_paired_rounds(
+    candidates: dict[str, Callable[[], object]], rounds: int, device: torch.device
+) -> tuple[dict[str, list[float]], int]:
+    """``paired_rounds`` after WARMUP_CALLS calls of each candidate, with the calls per round the
+    slowest candidate needs for a group of about TARGET_SECONDS_PER_CALL_GROUP; also returns that count."""
+    for fn in candidates.values():
+        for _ in range(WARMUP_CALLS):
+            fn()
+    iters = min(iterations_for(fn, device) for fn in candidates.values())
+    return paired_rounds(candidates, rounds, iters, device), iters
+
+
 def median_ratio(a: list[float], b: list[float]) -> float:
     """Median over rounds of speed(a) / speed(b) = time(b) / time(a)."""
     return statistics.median(tb / ta for ta, tb in zip(a, b))
@@ -114,10 +139,11 @@ def check_args(args, minimums: dict[str, int]) -> None:
             bad.append(f"--{name} must be >= {low}, got {value}")
     if bad:
         raise ValueError("; ".join(bad))
-    data_dir = getattr(args, "data_dir", None)
-    reason = why_not_writable(data_dir) if data_dir else None
-    if reason is not None:
-        raise ValueError(f"--data_dir {data_dir}: cannot write there ({reason}); choose a writable folder")
+    for name in ("data_dir", "save_dir"):  # folders a mode writes into
+        folder = getattr(args, name, None)
+        reason = why_not_writable(folder) if folder else None
+        if reason is not None:
+            raise ValueError(f"--{name} {folder}: cannot write there ({reason}); choose a writable folder")
     complaint = unwritable_output("--json", args.json) if args.json else None
     if complaint is not None:
         raise ValueError(complaint)

@@ -10,7 +10,9 @@ Both sides take a host batch and return host logits (on a GPU both pay the copie
 alternate the order and the ratio is the median of per-round ratios, as in the other modes.
 Random weights (BatchNorm statistics set from a random batch so activations have a realistic
 scale, see ``bench.model.calibrate_batchnorm``): speed does not depend on the values, and
-nothing is downloaded.
+nothing is downloaded; ``--pretrained`` loads published weights instead.
+
+``--int8`` compares the fp32 file with its int8 quantization instead (``bench.onnx_int8``).
 """
 from __future__ import annotations
 
@@ -20,19 +22,66 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
+from infer.metadata import build_metadata
 from src.models import build_model, get_variant
+from src.models.weights import default_preprocess
+from src.preprocess import Preprocess
 
-from .common import MIN_IMAGE_SIZE, format_table, machine_info, paired_rounds, sync
+from .common import MIN_IMAGE_SIZE, format_table, machine_info, warm_paired_rounds
 from .model import calibrate_batchnorm
 
-TARGET_SECONDS_PER_CALL_GROUP = 0.5  # iterations per round are sized so one round takes about this
-WARMUP = 2
 NUM_CLASSES = 1000
+INT8_ONLY = ("fp32_file", "int8_file", "calib_dir", "eval_dir", "save_dir")  # options that need --int8
+
+
+@dataclass
+class Network:
+    """The measured model (eval mode) with its name, eval preprocessing at the measured size and class count."""
+
+    model: nn.Module
+    name: str
+    preprocess: Preprocess
+    num_classes: int
+
+
+def load_network(args: argparse.Namespace) -> Network:
+    """``--pretrained`` weights (as export.py loads them), else random weights with BatchNorm
+    statistics from a random batch; at ``--image_size`` (default: the weights' eval crop)."""
+    from src.onnx_export import load_source, preprocess_for_size
+
+    if args.pretrained:
+        source = load_source(model_name=args.model, pretrained=args.pretrained)
+        model, name, pre, num_classes = source.model, source.model_name, source.preprocess, source.num_classes
+    else:
+        torch.manual_seed(0)
+        model, num_classes = build_model(args.model, num_classes=NUM_CLASSES), NUM_CLASSES
+        name = get_variant(args.model).name
+        pre = default_preprocess(name)
+    pre = preprocess_for_size(pre, args.image_size or pre.crop)
+    if not args.pretrained:
+        calibrate_batchnorm(model, pre.crop)
+    return Network(model.eval(), name, pre, num_classes)
+
+
+def export_fp32(net: Network, path: str | os.PathLike) -> float:
+    """Export ``net`` with the project's exporter and the metadata the runner and the quantizer read
+    (no class names: a labelled folder's class i is output i). Returns the seconds it took."""
+    from src.onnx_export import export_onnx
+
+    start = time.perf_counter()
+    export_onnx(net.model, path, net.preprocess.crop, build_metadata(net.name, net.preprocess, None, net.num_classes))
+    return time.perf_counter() - start
+
+
+def timing_batch(batch: int, size: int) -> torch.Tensor:
+    """The random batch every implementation is timed on (seeded by its size)."""
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
 
 
 def ort_session(path: str, device: torch.device, threads: int):
@@ -48,38 +97,30 @@ def ort_session(path: str, device: torch.device, threads: int):
     return ort.InferenceSession(path, sess_options=session_options(threads), providers=providers)
 
 
-def iterations_for(fn: Callable[[], object], device: torch.device) -> int:
-    """Calls per timed group so a group lasts about TARGET_SECONDS_PER_CALL_GROUP (>= 1)."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return max(1, round(TARGET_SECONDS_PER_CALL_GROUP / max(time.perf_counter() - start, 1e-6)))
-
-
 def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     threads = args.threads or os.cpu_count() or 1
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        if args.int8:
+            from .onnx_int8 import measure_int8  # it imports this module's helpers
+
+            return measure_int8(args, threads)
+        given = [f"--{name}" for name in INT8_ONLY if getattr(args, name)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: --int8 options; add --int8")
         return _measure(args, device, threads)
     finally:
         torch.set_num_threads(saved_threads)
 
 
 def _measure(args: argparse.Namespace, device: torch.device, threads: int) -> dict:
-    from src.onnx_export import export_onnx
-
-    size = args.image_size or get_variant(args.model).eval_crop
-    torch.manual_seed(0)
-    model = build_model(args.model, num_classes=NUM_CLASSES)
-    calibrate_batchnorm(model, size)
+    net = load_network(args)
+    model, size = net.model, net.preprocess.crop
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, f"{args.model}.onnx")
-        start = time.perf_counter()
-        export_onnx(model, path, size, {"model_name": args.model})
-        export_seconds = time.perf_counter() - start
+        path = os.path.join(tmp, f"{net.name}.onnx")
+        export_seconds = export_fp32(net, path)
         session = ort_session(path, device, threads)
         providers = session.get_providers()
         input_name = session.get_inputs()[0].name
@@ -87,7 +128,7 @@ def _measure(args: argparse.Namespace, device: torch.device, threads: int) -> di
         model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
         results = []
         for batch in args.batch_sizes:
-            x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+            x = timing_batch(batch, size)
             feed = {input_name: x.numpy()}
 
             def eager() -> None:  # host in, host out, like session.run
@@ -111,11 +152,7 @@ def _measure(args: argparse.Namespace, device: torch.device, threads: int) -> di
             max_logit = float(np.abs(reference).max())
             candidates = {"pytorch_eager": eager, "pytorch_channels_last": eager_channels_last,
                           "onnxruntime": onnxruntime}
-            for fn in candidates.values():
-                for _ in range(WARMUP):
-                    fn()
-            iters = min(iterations_for(fn, device) for fn in candidates.values())
-            times = paired_rounds(candidates, args.rounds, iters, device)
+            times, iters = warm_paired_rounds(candidates, args.rounds, device)
             ref = times["pytorch_eager"]
             for name, t in times.items():
                 results.append(dict(
@@ -126,12 +163,16 @@ def _measure(args: argparse.Namespace, device: torch.device, threads: int) -> di
                     rel_diff_vs_eager=None if max_abs_diff[name] is None else max_abs_diff[name] / max_logit,
                     calls_per_round=iters,
                 ))
-    return dict(mode="onnx", model=args.model, image_size=size, device=str(device), threads=threads,
+    return dict(mode="onnx", model=net.name, image_size=size, device=str(device), threads=threads,
                 providers=providers, export_seconds=export_seconds, rounds=args.rounds,
                 machine=machine_info(), results=results)
 
 
 def print_report(payload: dict) -> None:
+    if payload.get("int8"):
+        from .onnx_int8 import print_int8_report
+
+        return print_int8_report(payload)
     print(f"model={payload['model']} px={payload['image_size']} device={payload['device']} "
           f"threads={payload['threads']} onnxruntime providers={payload['providers']} "
           f"({payload['machine']['cpu']}); export took {payload['export_seconds']:.1f} s")
@@ -144,7 +185,7 @@ def print_report(payload: dict) -> None:
 
 
 # benchmark.py rejects smaller values before the run (common.check_args)
-MINIMUMS = {"image_size": MIN_IMAGE_SIZE, "batch_sizes": 1, "rounds": 1, "threads": 1}
+MINIMUMS = {"image_size": MIN_IMAGE_SIZE, "batch_sizes": 1, "rounds": 1, "threads": 1, "calib_images": 1}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,3 +196,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="PyTorch and onnxruntime intra-op threads "
                                                              "(default: all cores)")
     p.add_argument("--cpu", action="store_true", help="time on the CPU even when a GPU is present")
+    p.add_argument("--pretrained", nargs="?", const="imagenet", default=None, metavar="imagenet|PATH",
+                   help="published weights (as export.py --pretrained) instead of random ones")
+    p.add_argument("--int8", action="store_true",
+                   help="fp32 vs int8 onnxruntime on the CPU (images/s at each batch size, top-1 with --eval_dir) "
+                        "instead of onnxruntime vs PyTorch")
+    p.add_argument("--fp32_file", default=None, help="--int8: an fp32 ONNX file from export.py instead of "
+                                                     "exporting --model here")
+    p.add_argument("--int8_file", default=None, help="--int8: an int8 ONNX file (export.py --quantize int8, a QAT "
+                                                     "export) instead of quantizing the fp32 file here")
+    p.add_argument("--calib_dir", default=None, help="--int8: calibration images (a dataset root calibrates on "
+                                                     "its train/); default: synthetic photos, fine for speed only")
+    p.add_argument("--calib_images", type=int, default=None,
+                   help="--int8: calibration images (default: infer.quantize's DEFAULT_CALIB_IMAGES)")
+    p.add_argument("--eval_dir", default=None, help="--int8: a labelled folder: top-1 of both files and how often "
+                                                    "their top-1 classes agree")
+    p.add_argument("--save_dir", default=None, help="--int8: keep the fp32 and int8 files here (default: a "
+                                                    "temporary folder)")

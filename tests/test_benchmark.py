@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,10 @@ from PIL import Image
 import benchmark
 from bench import data as data_mode
 from bench.memory import add_savings
+from infer.quantize import compare_accuracy
+from src.onnx_export import op_counts
 
+FLOWERS = Path(__file__).parent / "data" / "flowers17"  # 6 labelled classes x 4 photos
 
 def run_mode(tmp_path, argv: list[str]) -> dict:
     out = tmp_path / f"{argv[0]}.json"
@@ -119,6 +124,56 @@ def test_onnx_mode_matches_eager_logits_at_each_batch(tmp_path):
             assert r["rel_diff_vs_eager"] > 0.0   # folding BN into the convolutions changes the rounding
 
 
+def check_int8_rows(p: dict, batches: tuple[int, ...]) -> None:
+    """fp32 and int8 rows at each batch; images/s, range and speed-up come from the per-round seconds."""
+    assert [(r["batch"], r["precision"]) for r in p["results"]] == [(b, m) for b in batches for m in ("fp32", "int8")]
+    for r in p["results"]:
+        speeds = [r["batch"] / t for t in r["seconds_per_round"]]
+        assert len(speeds) == p["rounds"] and r["calls_per_round"] >= 1
+        assert (r["images_per_sec"], r["images_per_sec_min"], r["images_per_sec_max"]) == (
+            statistics.median(speeds), min(speeds), max(speeds))
+        fp32 = rows(p, batch=r["batch"], precision="fp32")[0]
+        assert r["speedup_vs_fp32"] == r["images_per_sec"] / fp32["images_per_sec"]
+
+
+def test_onnx_int8_mode_quantizes_times_and_scores_both_files(tmp_path, capsys):
+    files = tmp_path / "files"
+    p = run_mode(tmp_path, ["onnx", "--int8", "--image_size", "32", "--rounds", "2", "--threads", "1",
+                            "--calib_dir", str(FLOWERS), "--calib_images", "6", "--eval_dir", str(FLOWERS),
+                            "--save_dir", str(files)])
+    fp32, int8 = files / "efficientnet_b0.onnx", files / "efficientnet_b0.int8.onnx"
+    assert (p["fp32_file"], p["int8_file"], p["weights"]) == (str(fp32), str(int8), "random weights")
+    assert p["calibration"] == {"dir": str(FLOWERS), "images": 6, "synthetic": False}
+    assert p["providers"] == ["CPUExecutionProvider"] and p["image_size"] == 32 and p["model"] == "efficientnet_b0"
+    check_int8_rows(p, (1, 32))
+    # the int8 file is a QDQ model (the fp32 one has no such nodes) and the report counts its nodes
+    counts = op_counts(int8)
+    assert p["int8_ops"] == {"QuantizeLinear": counts["QuantizeLinear"], "DequantizeLinear": counts["DequantizeLinear"]}
+    assert min(p["int8_ops"].values()) > 0 and op_counts(fp32)["QuantizeLinear"] == 0
+    # accuracy: what compare_accuracy gives on the same two files
+    reference = compare_accuracy(fp32, int8, FLOWERS)
+    acc = p["accuracy"]
+    assert acc == {k: getattr(reference, k) for k in ("images", "fp32_top1", "int8_top1", "fp32_top5", "int8_top5",
+                                                      "agreement")}
+    assert acc["images"] == 24 and 0.0 <= acc["agreement"] <= 1.0 and (acc["agreement"] * 24).is_integer()
+    out = capsys.readouterr().out
+    assert "| 32 | int8 |" in out and f"agree on the top-1 class of {acc['agreement']:.5f}" in out
+
+    # given files are measured as they are: the same accuracy, nothing quantized
+    given = run_mode(tmp_path, ["onnx", "--int8", "--fp32_file", str(fp32), "--int8_file", str(int8),
+                                "--batch_sizes", "1", "--rounds", "1", "--threads", "1", "--eval_dir", str(FLOWERS)])
+    assert (given["fp32_file"], given["int8_file"], given["calibration"]) == (str(fp32), str(int8), None)
+    assert given["accuracy"] == acc and given["int8_ops"] == p["int8_ops"]
+    check_int8_rows(given, (1,))
+
+    # without --calib_dir: the benchmark's synthetic photos, and the output says they are for speed only
+    synthetic = run_mode(tmp_path, ["onnx", "--int8", "--fp32_file", str(fp32), "--calib_images", "2",
+                                    "--batch_sizes", "1", "--rounds", "1", "--threads", "1"])
+    assert synthetic["calibration"]["synthetic"] and synthetic["calibration"]["images"] == 2
+    assert synthetic["accuracy"] is None and synthetic["int8_file"] is None
+    assert "synthetic JPEGs (no --calib_dir): the speed is right, the accuracy meaningless" in capsys.readouterr().out
+
+
 def test_memory_mode_rows_and_checkpointing_ratio(tmp_path):
     p = run_mode(tmp_path, ["memory", "--model", "efficientnet_b0", "--image_size", "32", "--batch_sizes", "2",
                             "--amp_modes", "none"])
@@ -161,6 +216,10 @@ def test_bad_options_exit_2_with_one_line(capsys):
     assert capsys.readouterr().err.strip() == "error: --num_images must be >= 1, got 0"
     assert benchmark.main(["onnx", "--model", "efficientnet_b9"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown model 'efficientnet_b9'")
+    assert benchmark.main(["onnx", "--eval_dir", "x", "--save_dir", "y"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --eval_dir, --save_dir: --int8 options; add --int8"
+    assert benchmark.main(["onnx", "--int8", "--int8_file", "missing.onnx"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --int8_file missing.onnx: no such file"
     with pytest.raises(SystemExit) as exc:
         benchmark.main(["data", "--phone_size", "big"])
     assert exc.value.code == 2
@@ -187,6 +246,7 @@ def no_run(monkeypatch):
     (["onnx", "--image_size", "0"], "--image_size must be >= 32, got 0"),
     (["onnx", "--batch_sizes", "1", "0"], "--batch_sizes must be >= 1, got [1, 0]"),
     (["onnx", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["onnx", "--int8", "--calib_images", "0"], "--calib_images must be >= 1, got 0"),
     (["memory", "--steps", "0"], "--steps must be >= 1, got 0"),
     (["memory", "--image_size", "16"], "--image_size must be >= 32, got 16"),
     (["train", "--num_workers", "-1"], "--num_workers must be >= 0, got -1"),
@@ -208,3 +268,5 @@ def test_unwritable_outputs_exit_2_before_the_run(no_run, capsys, tmp_path):
     for mode in ("data", "train"):
         assert benchmark.main([mode, "--data_dir", str(a_file)]) == 2
         assert capsys.readouterr().err.strip() == f"error: --data_dir {a_file}: {in_the_way}"
+    assert benchmark.main(["onnx", "--int8", "--save_dir", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --save_dir {a_file}: {in_the_way}"
