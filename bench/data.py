@@ -32,7 +32,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from src.dataset import to_device_normalized
-from src.models import get_variant
+from src.models import default_preprocess
 from src.preprocess import Preprocess
 from src.transforms import build_eval_transform, build_train_transform
 
@@ -255,9 +255,9 @@ def kinds_from_args(args: argparse.Namespace) -> list[tuple[JpegKind, int]]:
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)  # a DataLoader worker runs torch with one thread
-    spec = get_variant(args.model)
-    image_size = args.image_size or spec.eval_crop
-    pre = Preprocess.for_image_size(image_size, spec) if args.image_size else Preprocess.for_variant(spec)
+    pre = default_preprocess(args.model)
+    image_size = args.image_size or pre.crop
+    pre = pre.at_crop(image_size)
     if args.source == "shards":  # the same JPEGs from files vs tar shards (bench/shard_data.py)
         from .shard_data import run_shards
         return run_shards(args, kinds_from_args(args), generate_jpegs, image_size, BATCH)

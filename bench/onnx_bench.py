@@ -53,7 +53,7 @@ class Network:
 def load_network(args: argparse.Namespace) -> Network:
     """``--pretrained`` weights (as export.py loads them), else random weights with BatchNorm
     statistics from a random batch; at ``--image_size`` (default: the weights' eval crop)."""
-    from src.onnx_export import load_source, preprocess_for_size
+    from src.onnx_export import load_source
 
     if args.pretrained:
         source = load_source(model_name=args.model, pretrained=args.pretrained)
@@ -63,7 +63,7 @@ def load_network(args: argparse.Namespace) -> Network:
         model, num_classes = build_model(args.model, num_classes=NUM_CLASSES), NUM_CLASSES
         name = get_variant(args.model).name
         pre = default_preprocess(name)
-    pre = preprocess_for_size(pre, args.image_size or pre.crop)
+    pre = pre.at_crop(args.image_size or pre.crop)
     if not args.pretrained:
         calibrate_batchnorm(model, pre.crop)
     return Network(model.eval(), name, pre, num_classes)

@@ -99,15 +99,15 @@ def plain_loop(p: dict) -> dict:
     from src.amp import autocast, build_scaler
     from src.config import load_config
     from src.loss import build_loss
-    from src.models import build_model, get_variant
+    from src.models import build_model, default_preprocess
     from src.optimizer import build_optimizer
 
     torch.manual_seed(1)
     device = torch.device(p["device"])
     cfg = load_config(["--model", p["model"], "--amp", p["amp"]])
-    spec = get_variant(p["model"])
+    pre = default_preprocess(p["model"])
     transform = tv.Compose([tv.RandomResizedCrop(p["image_size"]), tv.RandomHorizontalFlip(), tv.ToTensor(),
-                            tv.Normalize(spec.mean, spec.std)])
+                            tv.Normalize(pre.mean, pre.std)])
     dataset = datasets.ImageFolder(str(Path(p["root"]) / "train"), transform=transform)
     cuda = device.type == "cuda"
     loader = DataLoader(dataset, batch_size=p["batch_size"], shuffle=True, drop_last=True,

@@ -75,14 +75,14 @@ def plain_loop(args: argparse.Namespace) -> dict:
     from src.config import load_config
     from src.loss import build_loss
     from src.lr_generator import LRSchedule
-    from src.models import build_model, get_variant
+    from src.models import build_model, default_preprocess
     from src.optimizer import build_optimizer
 
     cfg = load_config(common_overrides(args))
     torch.manual_seed(cfg.seed)
-    spec = get_variant(cfg.model)
+    pre = default_preprocess(cfg.model)
     transform = T.Compose([T.Resize(cfg.image_size, interpolation=T.InterpolationMode.BILINEAR),
-                           T.CenterCrop(cfg.image_size), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+                           T.CenterCrop(cfg.image_size), T.ToTensor(), T.Normalize(pre.mean, pre.std)])
     dataset = torchvision.datasets.ImageFolder(str(Path(args.data) / "train"), transform=transform)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                         num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)

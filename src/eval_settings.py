@@ -16,7 +16,7 @@ import torch
 from src.config import Config, read_yaml
 from src.distributed import is_main_launch
 from src.model_loading import LoadedModel, apply_eval_overrides, load_published, load_trained, use_ema_flag
-from src.models import get_variant
+from src.models import default_preprocess
 from src.preprocess import MAX_IMAGE_SIZE, Preprocess
 from src.writable import unwritable_output
 
@@ -114,9 +114,9 @@ def eval_preprocess(loaded: LoadedModel, s: Settings) -> Preprocess:
     cfg, args = s.config, s.args
     base = loaded.preprocess
     if base is None:
-        spec = get_variant(loaded.name)
-        image_size = cfg.get("image_size")
-        base = Preprocess.for_image_size(image_size, spec) if image_size else Preprocess.for_variant(spec)
+        base = default_preprocess(loaded.name)
+        if cfg.get("image_size"):
+            base = base.at_crop(cfg["image_size"])
     for flag, value in (("--resize", args.resize), ("--crop", args.crop)):
         if value is not None and not 1 <= value <= MAX_IMAGE_SIZE:
             raise EvalInputError(f"{flag} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {value}")

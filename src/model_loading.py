@@ -24,9 +24,8 @@ from src.checkpoint import extract_state_dict, load_checkpoint
 from src.errors import ModelLoadError
 from src.models import (ImportedWeights, WeightsNotInstalled, build_model, check_fits, get_variant, import_weights,
                         load_pretrained)
-from src.models.effnet import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD
 from src.models.pretrained import PRETRAINED_TAG, imagenet_weights, pretrained_url
-from src.models.weights import has_torchvision_weights
+from src.models.weights import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, has_torchvision_weights
 from src.preprocess import Preprocess
 from src.qat import QAT_KEY
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -40,8 +40,8 @@ from src.export_check import (
     DEFAULT_CHECK_TOLERANCE, CheckFailed, CheckResult, Reference, compare, float64_reference, verification_batch,
 )
 from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_published, load_trained
-from src.models import NETWORK_STRIDE, get_variant, load_pretrained
-from src.models.pretrained import PRETRAINED_TAG
+from src.models import NETWORK_STRIDE, default_preprocess, load_pretrained
+from src.models.weights import imagenet_class_names
 from src.qat import QAT_OPSET, is_qat_model
 from src.qat_onnx import export_qat_onnx, verify_qat_onnx
 from src.preprocess import Preprocess
@@ -79,30 +79,6 @@ class ExportSource:
 # --------------------------------------------------------------------------------------------
 # Loading the model to export
 # --------------------------------------------------------------------------------------------
-def preprocess_for_size(pre: Preprocess, size: int) -> Preprocess:
-    """The same preprocessing at another crop, keeping the resize/crop ratio (224/256 -> 64/73)."""
-    if size == pre.crop:
-        return pre
-    return replace(pre, crop=size, resize=round(size * pre.resize / pre.crop))
-
-
-def imagenet_categories(model_name: str) -> list[str] | None:
-    """The 1000 ImageNet class names shipped with torchvision's weight enums (offline), if available.
-
-    Variants torchvision lacks (Lite) use B0's list: every ImageNet-1k checkpoint, Google's TF ones
-    included, uses the same 1000 classes in the same (sorted WordNet id) order."""
-    try:
-        from torchvision.models import get_model_weights
-    except ImportError:
-        return None
-    for name in (model_name, "efficientnet_b0"):
-        try:
-            return list(get_model_weights(name)[PRETRAINED_TAG].meta["categories"])
-        except (KeyError, ValueError):
-            continue
-    return None
-
-
 def load_source(
     checkpoint_path: str | None = None,
     model_name: str | None = None,
@@ -129,12 +105,12 @@ def load_source(
                                 download=load_pretrained)
     else:
         raise ExportError("nothing to export: pass --checkpoint_path FILE or --pretrained [imagenet|PATH]")
-    base = loaded.preprocess or Preprocess.for_variant(get_variant(loaded.name))
+    base = loaded.preprocess or default_preprocess(loaded.name)
     pre = apply_eval_overrides(base, config.get("eval_resize"), config.get("eval_crop"),
                                config.get("interpolation"), config.get("normalization"))
     classes = loaded.classes
     if classes is None and str(pretrained) in PUBLISHED_WEIGHTS:
-        classes = imagenet_categories(loaded.name)
+        classes = imagenet_class_names()
     return ExportSource(loaded.model, loaded.name, loaded.num_classes, classes, pre, loaded.source,
                         loaded.weights_note)
 
@@ -501,7 +477,7 @@ def export_source(
         raise ExportError(f"--check_tolerance must be a positive number, got {check_tolerance}")
     if file_format == "ONNX":
         check_opset(opset)
-    pre = preprocess_for_size(source.preprocess, size)
+    pre = source.preprocess.at_crop(size)
     if is_qat_model(source.model):
         return _export_qat(source, file_name, file_format, size, batch_size, fp16, pre, announce)
     metadata = build_metadata(source.model_name, pre, source.classes, source.num_classes,

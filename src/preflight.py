@@ -21,7 +21,7 @@ from src.config import Config, ConfigError, apply_finetune_defaults
 from src.dataset import build_datasets
 from src.distributed import DistInfo, is_main_launch, launch_env
 from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides
-from src.models import NETWORK_STRIDE, WeightsNotInstalled, get_variant
+from src.models import NETWORK_STRIDE, WeightsNotInstalled, default_preprocess, get_variant
 from src.models.pretrained import check_imagenet_available
 from src.preprocess import Preprocess
 from src.progressive import augment_config, stage_settings
@@ -178,8 +178,8 @@ def fix_augment_preset(cfg: Config) -> None:
 
 def eval_preprocess(cfg: Config, image_size: int) -> Preprocess:
     """The run's eval preprocessing: the variant's resize/crop ratio at image_size, then explicit keys."""
-    spec = get_variant(cfg.model)
-    base = Preprocess.for_image_size(image_size, spec) if cfg.image_size else Preprocess.for_variant(spec)
+    base = default_preprocess(cfg.model)
+    base = base.at_crop(image_size) if cfg.image_size else base
     return apply_eval_overrides(base, cfg.eval_resize, cfg.eval_crop, cfg.interpolation, cfg.normalization)
 
 
@@ -187,9 +187,8 @@ def load_data(cfg: Config) -> DataBundle:
     """Datasets with the first stage's train transform and the eval transform."""
     if cfg.dataset_path is None:
         raise TrainInputError("no dataset: pass --dataset_path DIR (DIR/train/<class>/*, DIR/val/<class>/*)")
-    spec = get_variant(cfg.model)
-    image_size = cfg.image_size or spec.train_size
-    interpolation = cfg.interpolation or spec.interpolation
+    image_size = cfg.image_size or get_variant(cfg.model).train_size
+    interpolation = cfg.interpolation or default_preprocess(cfg.model).interpolation
     pre = eval_preprocess(cfg, image_size)
     stage = stage_settings(cfg, 0, image_size)
     train_tf = build_train_transform(augment_config(cfg, stage), stage.image_size, interpolation,
@@ -200,7 +199,7 @@ def load_data(cfg: Config) -> DataBundle:
 
 def stage_resize(image_size: int, pre: Preprocess) -> int:
     """Shorter side for the 'none' augmentation at a stage's crop size (the eval resize/crop ratio)."""
-    return round(image_size * pre.resize / pre.crop)
+    return pre.at_crop(image_size).resize
 
 
 def resolve_num_classes(cfg: Config, classes: list[str], notes: list[str]) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numbers
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -150,18 +150,12 @@ class Preprocess:
                              f"missing keys {sorted(missing)}")
         return cls(**{k: (tuple(v) if k in ("mean", "std") else v) for k, v in d.items()})
 
-    @classmethod
-    def for_variant(cls, spec: Any) -> "Preprocess":
-        """The released weights' eval settings (spec: src.models VariantSpec)."""
-        return cls(int(spec.eval_resize), int(spec.eval_crop), spec.interpolation,
-                   tuple(spec.mean), tuple(spec.std))
-
-    @classmethod
-    def for_image_size(cls, image_size: int, spec: Any) -> "Preprocess":
-        """Crop `image_size`, keeping the variant's resize/crop ratio (B0: 32 px -> resize 37)."""
-        resize = round(image_size * spec.eval_resize / spec.eval_crop)
-        return cls(int(resize), int(image_size), spec.interpolation,
-                   tuple(spec.mean), tuple(spec.std))
+    def at_crop(self, crop: int) -> "Preprocess":
+        """The same preprocessing at another crop, keeping the resize/crop ratio (B0's 256 -> 224 at
+        crop 32: resize 37). A variant's published settings: src.models.weights.default_preprocess."""
+        if crop == self.crop:
+            return self
+        return replace(self, crop=crop, resize=round(crop * self.resize / self.crop))
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 import eval as eval_entry
 from src.dataset import ImageFolderDataset, collate_skip_broken, load_cifar_split, to_device_normalized
 from src.evaluate import EvalResult, evaluate, format_result_line, write_confusion_csv
-from src.models import build_model, get_variant
+from src.models import build_model, default_preprocess
 from src.models.pretrained import pretrained_url
 from src.preprocess import Preprocess, eval_image, list_class_folders, load_rgb, normalize_batch
 from src.transforms import build_eval_transform
@@ -491,14 +491,13 @@ def test_eval_pipeline_matches_torchvision_preset_for_b0_and_b3(tmp_path):
         paths.append(tmp_path / f"photo{i}.jpg")
         smooth_photo(size, seed=i).save(paths[-1], quality=90)
     for name in ("efficientnet_b0", "efficientnet_b3"):
-        spec = get_variant(name)
-        pre = Preprocess.for_variant(spec)
+        pre = default_preprocess(name)
         reference = get_model_weights(name)["IMAGENET1K_V1"].transforms()
         transform = build_eval_transform(pre)
         for path in paths:
             ours = to_device_normalized(transform(path)[None], pre.mean, pre.std, "cpu")[0]
             theirs = reference(load_rgb(path))
-            assert ours.shape == theirs.shape == (3, spec.eval_crop, spec.eval_crop)
+            assert ours.shape == theirs.shape == (3, pre.crop, pre.crop)
             torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 

@@ -20,7 +20,7 @@ from infer.quantize import compare_accuracy, quantize_int8
 from src.export_check import (
     DEFAULT_CHECK_TOLERANCE, FLOAT32_EPS, CheckFailed, compare, float64_reference, verification_batch,
 )
-from src.models import build_model, get_variant, list_models
+from src.models import build_model, default_preprocess, list_models
 from src.onnx_export import (
     DEFAULT_OPSET, VERIFY_IMAGES, ExportError, ExportSource, export_onnx, export_source, op_counts,
     optimized_op_counts, random_batch, read_torchscript_metadata, supported_opsets, verify_onnx,
@@ -42,7 +42,7 @@ def calibrated(name: str, num_classes: int = NUM_CLASSES, size: int = SIZE, seed
                pre: Preprocess | None = None):
     """``name`` calibrated on the 24 photos and the export check's synthetic photos (logits of a few
     units whose arg-max moves with the input) and the preprocessing it was calibrated with."""
-    pre = pre or Preprocess.for_image_size(size, get_variant(name))
+    pre = pre or default_preprocess(name).at_crop(size)
     return calibrated_model(name, num_classes, pre, seed=seed), pre
 
 
@@ -59,7 +59,7 @@ def conditioned_model(name: str, num_classes: int = NUM_CLASSES, size: int = SIZ
     """
     torch.manual_seed(seed)
     model = build_model(name, num_classes=num_classes)
-    pre = pre or Preprocess.for_image_size(size, get_variant(name))
+    pre = pre or default_preprocess(name).at_crop(size)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in norms:
         bn.momentum = None  # cumulative average over the calibration batch
@@ -188,7 +188,7 @@ def test_check_rule_is_k_times_the_larger_of_own_error_and_floor():
 
 
 def test_check_images_are_preprocessed_synthetic_photos_not_noise():
-    pre = Preprocess.for_image_size(SIZE, get_variant("efficientnet_b0"))
+    pre = default_preprocess("efficientnet_b0").at_crop(SIZE)
     x = verification_batch(pre, 4)
     assert x.shape == (4, 3, SIZE, SIZE) and x.dtype == torch.float32
     assert torch.equal(x, verification_batch(pre, 4))  # deterministic
@@ -312,7 +312,7 @@ def test_plain_state_dict_and_pretrained_path_take_the_class_count_from_the_file
         info = parse_metadata({p.key: p.value for p in proto.metadata_props})
         assert info.num_classes == NUM_CLASSES and info.classes is None
         # No checkpoint preprocessing: the variant's own (B0: 256 -> 224 bicubic) at its eval crop.
-        assert info.preprocess == Preprocess.for_variant(get_variant("efficientnet_b0"))
+        assert info.preprocess == default_preprocess("efficientnet_b0")
     capsys.readouterr()
 
 
@@ -372,7 +372,7 @@ def probe_checkpoint(tmp_path: Path) -> Path:
     any rounding flips) and answers spread over all 6 classes."""
     from infer.pipeline import load_normalized
 
-    pre = Preprocess.for_image_size(SIZE, get_variant("efficientnet_b0"))
+    pre = default_preprocess("efficientnet_b0").at_crop(SIZE)
     classes, samples = list_class_folders(FLOWERS_DIR)
     x = torch.from_numpy(np.stack([load_normalized(p, pre) for p, _ in samples]))
     y = torch.tensor([label for _, label in samples])

@@ -14,15 +14,15 @@ from src.checkpoint import CheckpointError
 from src.model_loading import (
     ModelLoadError, apply_eval_overrides, classifier_size, load_published, load_trained, variant_name,
 )
-from src.models import WeightMismatchError, build_model, get_variant
-from src.models.effnet import INCEPTION_MEAN, INCEPTION_STD
+from src.models import WeightMismatchError, build_model
+from src.models.weights import INCEPTION_MEAN, INCEPTION_STD, default_preprocess
 from src.preprocess import Preprocess
 from tests.helpers_data import make_image_folder
 
 NAME = "efficientnet_b0"
 CLASSES = ["cat", "dog", "eel"]
 SAVED_PRE = Preprocess(110, 96, "bilinear", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-B0 = Preprocess.for_variant(get_variant(NAME))  # 256 -> 224 bicubic
+B0 = default_preprocess(NAME)  # 256 -> 224 bicubic
 
 
 @pytest.fixture(scope="module")

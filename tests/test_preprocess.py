@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,8 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MEAN_LIST = list(IMAGENET_MEAN)
-B0 = SimpleNamespace(eval_resize=256, eval_crop=224, interpolation="bicubic",
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
+B0 = Preprocess(256, 224, "bicubic", IMAGENET_MEAN, IMAGENET_STD)  # torchvision's B0 (test_weights checks it)
 
 
 def test_import_does_not_load_torch():
@@ -123,19 +121,18 @@ def test_normalize_batch_layout_and_values():
 
 
 # ---------------------------------------------------------------- Preprocess settings
-def test_preprocess_dict_round_trip_and_variant_constructors():
-    pre = Preprocess.for_variant(B0)
-    assert (pre.resize, pre.crop, pre.interpolation) == (256, 224, "bicubic")
+def test_preprocess_dict_round_trip_and_another_crop():
+    pre = B0
     d = pre.to_dict()
     assert d == {"resize": 256, "crop": 224, "interpolation": "bicubic",
                  "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     assert Preprocess.from_dict(d) == pre
     assert Preprocess(np.int64(256), 224, "bilinear", MEAN_LIST, IMAGENET_STD).resize.__class__ is int
-    small = Preprocess.for_image_size(32, B0)
-    assert (small.resize, small.crop) == (37, 32)            # round(32 * 256 / 224) = 37
-    b3 = SimpleNamespace(eval_resize=320, eval_crop=300, interpolation="bicubic",
-                         mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    assert Preprocess.for_image_size(260, b3).resize == 277  # round(277.33)
+    small = B0.at_crop(32)
+    assert small == Preprocess(37, 32, "bicubic", IMAGENET_MEAN, IMAGENET_STD)  # round(32 * 256 / 224) = 37
+    assert B0.at_crop(224) is B0
+    b3 = Preprocess(320, 300, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
+    assert b3.at_crop(260).resize == 277  # round(277.33)
 
 
 def test_preprocess_rejects_bad_values():
@@ -146,7 +143,7 @@ def test_preprocess_rejects_bad_values():
     with pytest.raises(ValueError, match="mean"):
         Preprocess(256, 224, "bicubic", (0.5, 0.5), IMAGENET_STD)
     with pytest.raises(ValueError, match="unknown keys \\['size'\\]"):
-        Preprocess.from_dict({**Preprocess.for_variant(B0).to_dict(), "size": 3})
+        Preprocess.from_dict({**B0.to_dict(), "size": 3})
 
 
 # ---------------------------------------------------------------- decoding

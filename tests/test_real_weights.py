@@ -130,9 +130,9 @@ def test_a_symmetric_padding_build_of_the_same_weights_is_visibly_different(lite
 
 def test_lite_exports_carry_imagenet_class_names():
     """Lite has no torchvision weight enum; its ImageNet files get the same 1000 names (the same order)."""
-    from src.onnx_export import imagenet_categories
+    from src.onnx_export import load_source
 
-    names = imagenet_categories("efficientnet_lite0")
+    names = load_source(model_name="efficientnet_lite0", pretrained="imagenet").classes
     assert names is not None and len(names) == 1000
     assert (names[0], names[281], names[985]) == ("tench", "tabby", "daisy")
-    assert names == imagenet_categories("efficientnet_b3") == imagenet_class_names()  # the registry's list
+    assert names == imagenet_class_names()  # the registry's list

@@ -92,8 +92,8 @@ def test_default_weights_give_each_architecture_its_reference_preprocessing():
     for i, size in enumerate((224, 240, 260, 280, 300)):  # Google's Lite eval: size / 0.875, bicubic, 0.5
         assert default_preprocess(f"efficientnet_lite{i}") == Preprocess(int(size / 0.875), size, "bicubic",
                                                                           (0.5,) * 3, (0.5,) * 3)
-    b2 = VARIANTS["efficientnet_b2"]  # older callers read it from the spec: the same values
-    assert (b2.eval_resize, b2.eval_crop, b2.interpolation, b2.mean) == (288, 288, "bicubic", (0.485, 0.456, 0.406))
+    b2 = default_preprocess("efficientnet_b2")
+    assert (b2.resize, b2.crop, b2.interpolation, b2.mean) == (288, 288, "bicubic", (0.485, 0.456, 0.406))
     assert preprocess_for(TORCHVISION, "efficientnet_b2") == default_preprocess("efficientnet_b2").to_dict()
 
 

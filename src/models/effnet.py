@@ -112,33 +112,6 @@ class VariantSpec:
     se: bool = True  # squeeze-and-excitation in MBConv blocks (Lite drops it)
     fixed_stem_head: bool = False  # Lite: stem 32 / head 1280 and first/last stage depth not scaled
 
-    # Older callers read the eval preprocessing from the spec: these are its reference weights'
-    # (src.models.weights.default_preprocess), not architecture facts.
-    @property
-    def eval_resize(self) -> int:
-        return self._reference_preprocess().resize
-
-    @property
-    def eval_crop(self) -> int:
-        return self._reference_preprocess().crop
-
-    @property
-    def interpolation(self) -> str:
-        return self._reference_preprocess().interpolation
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return self._reference_preprocess().mean
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return self._reference_preprocess().std
-
-    def _reference_preprocess(self):
-        from .weights import default_preprocess  # weights.py imports this module
-
-        return default_preprocess(self.name)
-
 
 def _v1(name: str, width: float, depth: float, dropout: float, train: int, tf_bn: bool = False) -> VariantSpec:
     return VariantSpec(
@@ -425,15 +398,3 @@ def build_model(name: str, num_classes: int = 1000, **overrides) -> EfficientNet
             f"unknown override(s) {sorted(unknown)} for build_model; allowed: {sorted(allowed)}"
         )
     return EfficientNet(get_variant(name), num_classes=num_classes, **overrides)
-
-
-MOVED_TO_WEIGHTS = ("IMAGENET_MEAN", "IMAGENET_STD", "INCEPTION_MEAN", "INCEPTION_STD")
-
-
-def __getattr__(name: str):
-    """Normalisation constants moved to src.models.weights (preprocessing, not architecture); still importable here."""
-    if name in MOVED_TO_WEIGHTS:
-        from . import weights
-
-        return getattr(weights, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
