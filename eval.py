@@ -25,6 +25,7 @@ from src.checkpoint import CheckpointError
 from src.config import ConfigError
 from src.dataset import one_line_broken_image_warnings
 from src.distributed import DistributedError, cleanup, init_distributed, is_main_launch
+from src.errors import EXIT_BAD_INPUT, OneLineParser
 from src.eval_data import EVAL_DATASET_KINDS, build_loader, map_to_model, read_eval_data
 from src.eval_settings import (DEFAULT_BATCH_SIZE, EvalInputError, check_output_files, eval_preprocess, load_model,
                                merge_settings)
@@ -35,17 +36,12 @@ from src.model_loading import IMAGENET, ModelLoadError, add_use_ema_argument
 from src.models import PADDINGS, WeightMismatchError
 from src.preprocess import INTERPOLATIONS, DatasetError
 
-EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        raise EvalInputError(f"{message} (see python eval.py --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                      help_hint="python eval.py --help", raise_as=EvalInputError)  # main adds the rank
     add = p.add_argument
     add("--checkpoint_path", metavar="PATH", help="train.py checkpoint or a plain state_dict file")
     add("--dataset_path", metavar="DIR", help="dataset root (its val/ is used), a folder of class folders, or a "

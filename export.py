@@ -25,20 +25,12 @@ from infer.quantize import CALIB_METHODS, DEFAULT_CALIB_IMAGES, QuantizeError
 from infer.triton_repo import DEFAULT_MAX_BATCH_SIZE
 from src.checkpoint import CheckpointError
 from src.config import ConfigError
+from src.errors import EXIT_BAD_INPUT, OneLineParser
 from src.export_check import DEFAULT_CHECK_TOLERANCE
 from src.export_steps import (BENCH_BATCHES, INT8_SUFFIX, WEIGHT_FORMATS, check_args, print_benchmark, write_int8,
                               write_triton, write_weight_file)
 from src.model_loading import add_use_ema_argument, use_ema_flag
 from src.onnx_export import DEFAULT_OPSET, FORMATS, ExportError, export_source, load_source
-
-EXIT_BAD_INPUT = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + message
-        print(f"error: {message} (see python export.py --help)", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
-
 
 def _format(text: str) -> str:
     value = text.upper()
@@ -48,7 +40,8 @@ def _format(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                      help_hint="python export.py --help")
     src = p.add_argument_group("weights")
     src.add_argument("--checkpoint_path", help="train.py checkpoint, or a plain state_dict (with --model)")
     src.add_argument("--pretrained", nargs="?", const="imagenet",

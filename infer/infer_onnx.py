@@ -32,6 +32,7 @@ from infer.report import (  # noqa: E402
 )
 from infer.session import DEVICE_TARGETS, DeviceError, create_session  # noqa: E402
 from src.class_mapping import map_classes, output_names  # noqa: E402
+from src.errors import EXIT_BAD_INPUT, OneLineParser  # noqa: E402
 from src.preprocess import INTERPOLATIONS, MAX_IMAGE_SIZE, Preprocess  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 32
@@ -296,17 +297,8 @@ def _floats3(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as a single `error: ...` line (exit 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="infer_onnx.py", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="infer_onnx.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("onnx", nargs="?", help="model file (same as --onnx_path)")
     p.add_argument("data", nargs="?", help="dataset root / folder / .txt list (same as --dataset_path)")
     p.add_argument("--onnx_path", help="ONNX model written by export.py")
@@ -374,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"logits: {result.logits.shape[0]}x{result.logits.shape[1]} -> {args.save_logits}")
     except (OSError, ValueError) as exc:  # every error above is one of these, with a one-line message
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     return 0
 
 

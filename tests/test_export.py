@@ -452,6 +452,7 @@ BAD_ARGS = {
     "unknown model": (["--checkpoint_path", "{plain}", "--model", "efficientnet_b9"], "unknown model"),
     "non-square": (["--checkpoint_path", "{ckpt}", "--width", "64", "--height", "96"], "square"),
     "bad format": (["--checkpoint_path", "{ckpt}", "--file_format", "AIR"], "ONNX, TORCHSCRIPT"),
+    "unknown flag": (["--bogus"], "unrecognized arguments: --bogus (see python export.py --help)"),
     "quantize without calib_dir": (["--checkpoint_path", "{ckpt}", "--quantize", "int8"], "--calib_dir"),
     "eval_dir without quantize": (["--checkpoint_path", "{ckpt}", "--eval_dir", "x"], "--quantize"),
     "nothing to export": ([], "nothing to export"),

@@ -271,7 +271,8 @@ BAD = {
     "zero batch": (["{onnx}", "{data}", "--batch_size", "0"], "--batch_size must be >= 1"),
     "zero crop": (["{onnx}", "{data}", "--crop", "0"], "--crop must be a number of pixels from 1 to 8192, got 0"),
     "bad mean": (["{onnx}", "{data}", "--mean", "0.5,0.5"], "3 numbers"),
-    "no dataset": (["{onnx}"], "need a model and a dataset"),
+    "no dataset": (["{onnx}"], "need a model and a dataset: infer_onnx.py MODEL.onnx DATA (or --onnx_path/"
+                               "--dataset_path) (see --help)"),
 }
 
 
