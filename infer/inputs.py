@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from src.preprocess import DatasetError, is_image_file, list_class_folders, resolve_eval_folder
+from src.preprocess import DatasetError, images_under, is_image_file, list_class_folders, resolve_eval_folder
 
 LIST_SUFFIX = ".txt"
 COMMENT_PREFIX = "#"
@@ -38,14 +38,6 @@ def _non_image_files(root: str | os.PathLike) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
                      if not f.startswith(".") and not is_image_file(f))
-    return found
-
-
-def _images_recursive(root: str | os.PathLike) -> list[str]:
-    found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
     return found
 
 
@@ -89,7 +81,7 @@ def collect_inputs(dataset_path: str | os.PathLike) -> InputSet:
     loose = [f for f in os.listdir(path) if is_image_file(f) and (path / f).is_file()]
     folder = resolve_eval_folder(path)
     if loose or not _has_class_folders(folder):
-        files = _images_recursive(path)
+        files = images_under(path)
         if not files:
             raise DatasetError(f"no images found in {path} (extensions: jpg, jpeg, png, webp, bmp, "
                                "gif, tif, tiff, ppm, pgm)")

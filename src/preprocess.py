@@ -30,7 +30,7 @@ __all__ = [
     "ALPHA_BACKGROUND", "DRAFT_SAFETY", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "MAX_IMAGE_PIXELS", "MAX_IMAGE_SIZE",
     "DatasetError", "Preprocess", "UnreadableImage",
     "apply_draft", "center_crop_box", "decode_rgb", "draft_factor", "eval_image",
-    "exif_orientation", "is_image_file", "list_class_folders", "load_rgb", "normalize_batch",
+    "exif_orientation", "images_under", "is_image_file", "list_class_folders", "load_rgb", "normalize_batch",
     "open_image", "oriented_size", "resize_center_crop", "resize_shorter_side_size",
     "resolve_eval_folder", "to_rgb",
 ]
@@ -346,7 +346,8 @@ def _class_dirs(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def _images_under(folder: Path) -> list[str]:
+def images_under(folder: str | os.PathLike) -> list[str]:
+    """Image files anywhere below ``folder`` (links followed, hidden folders skipped), sorted per folder."""
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -374,7 +375,7 @@ def list_class_folders(root: str | os.PathLike) -> tuple[list[str], list[tuple[s
     samples: list[tuple[str, int]] = []
     empty: list[str] = []
     for index, name in enumerate(classes):
-        images = _images_under(root / name)
+        images = images_under(root / name)
         if not images:
             empty.append(name)
         samples.extend((p, index) for p in images)
