@@ -27,7 +27,7 @@ from src.checkpoint import CheckpointError
 from src.config import ConfigError
 from src.errors import EXIT_BAD_INPUT, OneLineParser
 from src.export_check import DEFAULT_CHECK_TOLERANCE
-from src.export_steps import (BENCH_BATCHES, INT8_SUFFIX, WEIGHT_FORMATS, check_args, print_benchmark, write_int8,
+from src.export_steps import (BENCH_BATCHES, BIAS_CORRECTED, INT8_SUFFIX, WEIGHT_FORMATS, check_args, print_benchmark, write_int8,
                               write_triton, write_weight_file)
 from src.model_loading import add_use_ema_argument, use_ema_flag
 from src.onnx_export import DEFAULT_OPSET, FORMATS, ExportError, export_source, load_source
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quantize", choices=["int8"], help="also write NAME_int8.onnx, statically quantized")
     q.add_argument("--calib_dir", help="images to calibrate on (folder, class folders or .txt list)")
     q.add_argument("--calib_images", type=int, default=DEFAULT_CALIB_IMAGES, help="calibration images used")
-    q.add_argument("--calib_method", choices=sorted(CALIB_METHODS), default="minmax")
+    q.add_argument("--calib_method", choices=sorted([*CALIB_METHODS, BIAS_CORRECTED]), default="minmax",
+                   help="onnxruntime's calibrators, or bias_corrected: PyTorch observers + per-channel bias "
+                        "correction (src/qat.py; better on low-margin predictions)")
     q.add_argument("--eval_dir", help="labelled folder: report fp32 vs int8 top-1/top-5 on it")
     t = p.add_argument_group("Triton Inference Server (ONNX only)")
     t.add_argument("--triton_repo", metavar="DIR", help="also write DIR/<name>/config.pbtxt, 1/model.onnx and "
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> None:
                            check_tolerance=args.check_tolerance)
     onnx_files = [(result.path, Path(file_name).name)]
     if args.quantize:
-        onnx_files.append((write_int8(result, file_name, args), Path(file_name).name + INT8_SUFFIX))
+        onnx_files.append((write_int8(result, source, file_name, args), Path(file_name).name + INT8_SUFFIX))
     if args.triton_repo:
         write_triton(onnx_files, args)
     if args.benchmark:

@@ -11,10 +11,12 @@ from infer.quantize import compare_accuracy, quantize_int8
 from infer.triton_repo import write_triton_repo
 from src.models import ImportedWeights
 from src.models.layouts import save_weights
+from src.qat_onnx import write_bias_corrected_int8
 from src.onnx_export import ExportError, ExportResult, ExportSource, benchmark, check_opset, output_path
 from src.writable import why_not_writable
 
 INT8_SUFFIX = "_int8"
+BIAS_CORRECTED = "bias_corrected"  # --calib_method on PyTorch's side (src/qat.py), not onnxruntime's
 BENCH_BATCHES = (1, 32)
 WEIGHT_FORMATS = {"SAFETENSORS": ".safetensors"}  # weights + metadata only (no graph), written by src.models.layouts
 POSITIVE_INT_FLAGS = ("width", "height", "batch_size", "calib_images", "bench_threads", "triton_max_batch")
@@ -64,10 +66,15 @@ def write_weight_file(source: ExportSource, file_name: str, file_format: str) ->
           f"padding {weights.padding})")
 
 
-def write_int8(result: ExportResult, file_name: str, args: argparse.Namespace) -> Path:
-    """``--quantize int8``: NAME_int8.onnx calibrated on --calib_dir; with --eval_dir, fp32 vs int8 accuracy."""
+def write_int8(result: ExportResult, source: ExportSource, file_name: str, args: argparse.Namespace) -> Path:
+    """``--quantize int8``: NAME_int8.onnx calibrated on --calib_dir (onnxruntime's quantizer, or
+    PyTorch's observers with bias correction); with --eval_dir, fp32 vs int8 accuracy."""
     int8_path = output_path(file_name + INT8_SUFFIX, "ONNX")
-    quantize_int8(result.path, int8_path, args.calib_dir, args.calib_images, args.calib_method)
+    if args.calib_method == BIAS_CORRECTED:
+        write_bias_corrected_int8(source.model, result.path, int8_path, result.size, args.calib_dir,
+                                  args.calib_images)
+    else:
+        quantize_int8(result.path, int8_path, args.calib_dir, args.calib_images, args.calib_method)
     if args.eval_dir:
         for line in compare_accuracy(result.path, int8_path, args.eval_dir).lines():
             print(line)

@@ -168,3 +168,31 @@ def verify_qat_onnx(logits: np.ndarray, model: torch.nn.Module, x: torch.Tensor)
         raise ValueError(f"the int8 file is further from the fake-quantized model than int8 is from float: "
                          f"{check.describe()}")
     return check
+
+
+def write_bias_corrected_int8(model: torch.nn.Module, fp32_path: str | os.PathLike, out_path: str | os.PathLike,
+                              size: int, calib_dir: str | os.PathLike, calib_images: int,
+                              announce=print) -> Path:
+    """export.py --calib_method bias_corrected: ranges observed by PyTorch on the calibration images
+    (the fp32 file's own preprocessing), conv biases corrected for int8 rounding, written as QDQ."""
+    from infer.metadata import INPUT_NAME, OUTPUT_NAME, KEY_PRECISION, parse_metadata
+    from infer.quantize import CALIB_BATCH, ImageCalibrationReader, QuantizeError, calibration_files
+    from src.qat import is_qat_model, post_training_quantize
+
+    if is_qat_model(model):
+        raise QuantizeError("this checkpoint is quantization-aware trained: its export is already int8; "
+                            "drop --quantize")
+    props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    files = calibration_files(calib_dir, calib_images)
+    reader = ImageCalibrationReader(files, parse_metadata(props).preprocess, INPUT_NAME, CALIB_BATCH,
+                                    fixed_batch=False)
+    batches = [torch.from_numpy(feed[INPUT_NAME]) for feed in iter(reader.get_next, None)]
+    if not batches:
+        raise QuantizeError(f"no readable calibration images in {calib_dir}")
+    prepared = post_training_quantize(model.cpu().eval(), size, batches)
+    path = export_qat_onnx(prepared, out_path, size, {**props, KEY_PRECISION: "int8"}, INPUT_NAME, OUTPUT_NAME)
+    announce(f"quantized int8 (QDQ, per-channel int8 weights, uint8 activations, PyTorch observers + bias "
+             f"correction on {reader.used} images from {calib_dir}) -> {path}")
+    if reader.skipped:
+        announce(f"calibration skipped {len(reader.skipped)} unreadable files")
+    return path

@@ -206,3 +206,68 @@ def test_qat_bad_input_is_one_line(tmp_path, flags, message):
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr[-1000:]
+
+
+def _pointwise_means(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """For each 1x1 fused conv: (mean output per channel with the float folded weight, with the int8
+    weight and the current BN shift), over ``x``. A 1x1 conv's mean is linear in the input's mean."""
+    out = {}
+    for name, conv in model.named_modules():
+        if isinstance(conv, nn.Conv2d) and hasattr(conv, "bn") and conv.kernel_size == (1, 1) and conv.groups == 1:
+            out[name] = conv
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [conv.register_forward_pre_hook(lambda m, a, n=name: inputs.__setitem__(n, a[0]))
+             for name, conv in out.items()]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    means = {}
+    with torch.no_grad():
+        for name, conv in out.items():
+            bn = conv.bn
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+            shift = bn.bias - bn.running_mean * scale
+            exact = torch.nn.functional.conv2d(inputs[name], weight).mean((0, 2, 3)) + shift
+            rounded = torch.nn.functional.conv2d(inputs[name], conv.weight_fake_quant(weight)).mean((0, 2, 3)) + shift
+            means[name] = (exact, rounded)
+    return means
+
+
+def test_bias_correction_restores_each_pointwise_convs_mean_output(lite0):
+    _, prepared, x = lite0
+    corrected = copy.deepcopy(prepared)
+    qat.correct_bias(corrected, [x])
+    means = _pointwise_means(prepared, x)  # on the inputs the correction measured (one uncorrected pass)
+    assert len(means) == 32  # Lite0: 15 expand (block 1 has none) + 16 project + the head
+    modules = dict(corrected.named_modules())
+    for name, (exact, rounded) in means.items():
+        shift = (modules[name].bn.bias - dict(prepared.named_modules())[name].bn.bias).detach()
+        # The BN shift added equals the mean output the int8 weights lost, to float32 rounding.
+        assert torch.allclose(shift, exact - rounded, atol=1e-4 * float((exact - rounded).abs().max()) + 1e-7), name
+    assert max(float((e - r).abs().max()) for e, r in means.values()) > 1e-3  # rounding did move the means
+    depthwise = [m for m in qat._fused_convs(corrected) if m.groups > 1]
+    assert len(depthwise) == 16 and all(
+        float((m.bn.bias - dict(prepared.named_modules())[n].bn.bias).detach().abs().max()) > 0
+        for n, m in corrected.named_modules() if m in depthwise)
+
+
+def test_export_bias_corrected_int8_runs_in_int8_and_reports_the_table(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("efficientnet_b0", num_classes=6)
+    calibrate(model, photo_batch(64))
+    ckpt = tmp_path / "b0.pth"
+    torch.save({"model": model.state_dict(), "model_name": "efficientnet_b0", "classes": sorted(
+        p.name for p in FLOWERS_DIR.iterdir() if p.is_dir())}, ckpt)
+    out = tmp_path / "b0"
+    proc = _cli("export.py", "--checkpoint_path", str(ckpt), "--model", "efficientnet_b0", "--file_name", str(out),
+                "--width", "64", "--height", "64", "--no_op_counts", "--quantize", "int8",
+                "--calib_dir", str(FLOWERS_DIR), "--calib_method", "bias_corrected", "--eval_dir", str(FLOWERS_DIR))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PyTorch observers + bias correction on 24 images" in proc.stdout
+    assert "int8 and fp32 agree on the top-1 class of" in proc.stdout
+    int8 = Path(str(out) + "_int8.onnx")
+    assert {p.key: p.value for p in onnx.load(str(int8)).metadata_props}["precision"] == "int8"
+    convs, int8_convs = _int8_kernels(int8, tmp_path)
+    assert convs == int8_convs == 81
