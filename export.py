@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quantize", choices=["int8"], help="also write NAME_int8.onnx, statically quantized")
     q.add_argument("--calib_dir", help="images to calibrate on (folder, class folders or .txt list)")
     q.add_argument("--calib_images", type=int, default=DEFAULT_CALIB_IMAGES, help="calibration images used")
-    q.add_argument("--calib_method", choices=sorted([*CALIB_METHODS, BIAS_CORRECTED]), default="minmax",
-                   help="onnxruntime's calibrators, or bias_corrected: PyTorch observers + per-channel bias "
-                        "correction (src/qat.py; better on low-margin predictions)")
+    q.add_argument("--calib_method", choices=sorted([*CALIB_METHODS, BIAS_CORRECTED]), default=BIAS_CORRECTED,
+                   help="bias_corrected (default): PyTorch observers + per-channel bias correction (src/qat.py); "
+                        "minmax/entropy/percentile: onnxruntime's own quantizer")
     q.add_argument("--eval_dir", help="labelled folder: report fp32 vs int8 top-1/top-5 on it")
     t = p.add_argument_group("Triton Inference Server (ONNX only)")
     t.add_argument("--triton_repo", metavar="DIR", help="also write DIR/<name>/config.pbtxt, 1/model.onnx and "

@@ -182,7 +182,10 @@ def write_bias_corrected_int8(model: torch.nn.Module, fp32_path: str | os.PathLi
     if is_qat_model(model):
         raise QuantizeError("this checkpoint is quantization-aware trained: its export is already int8; "
                             "drop --quantize")
-    props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    fp32 = onnx.load(str(fp32_path))
+    props = {p.key: p.value for p in fp32.metadata_props}
+    batch_dim = fp32.graph.input[0].type.tensor_type.shape.dim[0]
+    batch_size = batch_dim.dim_value if batch_dim.HasField("dim_value") and batch_dim.dim_value > 0 else None
     files = calibration_files(calib_dir, calib_images)
     reader = ImageCalibrationReader(files, parse_metadata(props).preprocess, INPUT_NAME, CALIB_BATCH,
                                     fixed_batch=False)
@@ -190,7 +193,8 @@ def write_bias_corrected_int8(model: torch.nn.Module, fp32_path: str | os.PathLi
     if not batches:
         raise QuantizeError(f"no readable calibration images in {calib_dir}")
     prepared = post_training_quantize(model.cpu().eval(), size, batches)
-    path = export_qat_onnx(prepared, out_path, size, {**props, KEY_PRECISION: "int8"}, INPUT_NAME, OUTPUT_NAME)
+    path = export_qat_onnx(prepared, out_path, size, {**props, KEY_PRECISION: "int8"}, INPUT_NAME, OUTPUT_NAME,
+                           batch_size)
     announce(f"quantized int8 (QDQ, per-channel int8 weights, uint8 activations, PyTorch observers + bias "
              f"correction on {reader.used} images from {calib_dir}) -> {path}")
     if reader.skipped:

@@ -396,15 +396,17 @@ MIN_INT8_AGREEMENT = 0.75
 MIN_INT8_LOGIT_CORRELATION = 0.5
 
 
-def test_int8_quantization_agrees_with_fp32_where_a_broken_quantizer_cannot(tmp_path, capsys):
+@pytest.mark.parametrize("method, says", [("bias_corrected", "bias correction on 20 images"),
+                                          ("minmax", "minmax calibration on 20 images")])
+def test_int8_quantization_agrees_with_fp32_where_a_broken_quantizer_cannot(method, says, tmp_path, capsys):
     from infer.infer_onnx import run_inference
 
     ckpt = probe_checkpoint(tmp_path)
     assert export_entry.main(["--checkpoint_path", str(ckpt), "--file_name", str(tmp_path / "m"), "--no_op_counts",
                               "--quantize", "int8", "--calib_dir", str(FLOWERS_DIR), "--calib_images", "20",
-                              "--eval_dir", str(FLOWERS_DIR)]) == 0
+                              "--calib_method", method, "--eval_dir", str(FLOWERS_DIR)]) == 0
     out = capsys.readouterr().out
-    assert "calibration on 20 images" in out and "int8 vs fp32 on 24 images" in out
+    assert says in out and "int8 vs fp32 on 24 images" in out
     fp32, int8 = tmp_path / "m.onnx", tmp_path / "m_int8.onnx"
     counts = op_counts(int8)
     assert counts["QuantizeLinear"] > 50 and counts["DequantizeLinear"] > 50
