@@ -43,7 +43,7 @@ from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_publ
 from src.models import NETWORK_STRIDE, default_preprocess, load_pretrained
 from src.models.weights import imagenet_class_names
 from src.qat import QAT_OPSET, is_qat_model
-from src.qat_onnx import export_qat_onnx, verify_qat_onnx
+from src.qat_onnx import check_qat_structure, compare_qat, export_qat_onnx
 from src.preprocess import Preprocess
 
 DEFAULT_OPSET = 17
@@ -533,10 +533,12 @@ def _export_qat(source: ExportSource, file_name: str, file_format: str, size: in
                                  for i in range(0, len(x), step)])
         del session
         try:
-            check = verify_qat_onnx(logits, source.model, x)
+            weights = check_qat_structure(temporary, source.model)
         except ValueError as exc:
-            raise ExportError(str(exc)) from None
+            raise ExportError(f"{exc}: the exported file is not the trained model") from None
+        check = compare_qat(logits, source.model, x)
     announce(f"exported {source.model_name} ({source.origin}) -> {path} [ONNX opset {QAT_OPSET}, int8 QDQ from "
              f"quantization-aware training, {size}x{size}, batch {batch_size or 'dynamic'}]")
-    announce(f"check: onnx.checker ok; {check.describe()}")
+    announce(f"check: onnx.checker ok; {weights} int8 weights and every activation range equal the trained "
+             f"ones; {check.describe()}")
     return ExportResult(path, size, check.file_error, metadata)

@@ -151,10 +151,36 @@ def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.median(np.linalg.norm(got - ref, axis=1) / np.maximum(spread, 1e-12)))
 
 
-def verify_qat_onnx(logits: np.ndarray, model: torch.nn.Module, x: torch.Tensor) -> QatCheck:
-    """The file (its ``logits`` on ``x``) must be closer to the fake-quantized model than int8 itself
-    is to float: rounding ties may fall the other way in onnxruntime's integer kernels, a wrong
-    scale or a float-run layer cannot hide below that bound. Raises ValueError otherwise."""
+def check_qat_structure(path: str | os.PathLike, model: torch.nn.Module) -> int:
+    """The file holds exactly the trained quantization: every Conv/Gemm weight is an int8
+    initializer equal to the fake-quantized weight on its grid (same per-channel scales), and
+    every activation quantizer's scale and zero point appears on a QuantizeLinear. Exact checks:
+    they hold on any input, unlike logit comparisons, which rounding ties make chaotic on inputs far
+    from the training data. Returns the number of weights checked; raises ValueError."""
+    folded, grids = fold_for_export(model)
+    params = dict(folded.named_parameters())
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for name, grid in grids.items():
+        stored = inits.get(name + "_quantized")
+        expected = grid.integers(params[name].detach()).numpy()
+        if stored is None or stored.dtype != np.int8 or not np.array_equal(stored, expected):
+            raise ValueError(f"{name} in the int8 file differs from the trained int8 weight")
+        if not np.array_equal(inits[name + "_scale"], grid.scale.numpy()):
+            raise ValueError(f"{name}'s scales in the int8 file differ from the trained ones")
+    stored_qparams = {(float(inits[n.input[1]]), int(inits[n.input[2]])) for n in graph.node
+                      if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].ndim == 0}
+    for name, module in folded.named_modules():
+        if name.startswith("activation_post_process") and "." not in name:
+            qparams = (float(np.float32(module.scale.item())), int(module.zero_point.item()))
+            if qparams not in stored_qparams:
+                raise ValueError(f"{name}'s range (scale {qparams[0]:.4g}, zero point {qparams[1]}) is not in the "
+                                 "int8 file")
+    return len(grids)
+
+
+def compare_qat(logits: np.ndarray, model: torch.nn.Module, x: torch.Tensor) -> QatCheck:
+    """How far the file's ``logits`` on ``x`` are from the fake-quantized model, and it from float."""
     import copy
 
     with torch.no_grad():
@@ -162,8 +188,16 @@ def verify_qat_onnx(logits: np.ndarray, model: torch.nn.Module, x: torch.Tensor)
         float_model = copy.deepcopy(model)
         float_model.apply(disable_fake_quant)
         ref = float_model(x).numpy()
-    check = QatCheck(len(x), relative_error(logits, fake), relative_error(fake, ref),
-                     float((logits.argmax(1) == fake.argmax(1)).mean()))
+    return QatCheck(len(x), relative_error(logits, fake), relative_error(fake, ref),
+                    float((logits.argmax(1) == fake.argmax(1)).mean()))
+
+
+def verify_qat_onnx(logits: np.ndarray, model: torch.nn.Module, x: torch.Tensor) -> QatCheck:
+    """On inputs like the training data (where the network is not chaotic), the file must be closer
+    to the fake-quantized model than int8 itself is to float: rounding ties may fall the other way
+    in onnxruntime's integer kernels, a wrong scale or a float-run layer cannot hide below that
+    bound. Raises ValueError otherwise."""
+    check = compare_qat(logits, model, x)
     if not check.file_error <= check.int8_error:
         raise ValueError(f"the int8 file is further from the fake-quantized model than int8 is from float: "
                          f"{check.describe()}")

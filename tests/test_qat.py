@@ -23,7 +23,7 @@ from torch.ao.quantization import FakeQuantize, disable_fake_quant, disable_obse
 from helpers_models import FLOWERS_DIR, assert_spread, calibrate, photo_batch
 from src import qat
 from src.models import build_model, build_pretrained
-from src.qat_onnx import export_qat_onnx, relative_error, verify_qat_onnx
+from src.qat_onnx import check_qat_structure, export_qat_onnx, relative_error, verify_qat_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
@@ -136,6 +136,17 @@ def test_a_wrong_scale_in_the_file_is_caught(lite0, tmp_path):
     onnx.save(proto, str(tmp_path / "broken.onnx"))
     with pytest.raises(ValueError, match="further from the fake-quantized model"):
         verify_qat_onnx(_run(tmp_path / "broken.onnx", x), prepared, x)
+    assert check_qat_structure(path, prepared) == 50
+    with pytest.raises(ValueError, match="features.0.0.conv.weight's scales"):
+        check_qat_structure(tmp_path / "broken.onnx", prepared)
+    proto = onnx.load(str(path))  # one activation range moved: also caught
+    inits = {i.name: i for i in proto.graph.initializer}
+    act = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and not inits[n.input[1]].dims)
+    scale = inits[act.input[1]]
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(1.01), scale.name))
+    onnx.save(proto, str(tmp_path / "broken_act.onnx"))
+    with pytest.raises(ValueError, match=r"activation_post_process_\d+'s range"):
+        check_qat_structure(tmp_path / "broken_act.onnx", prepared)
 
 
 def test_b0_silu_and_squeeze_excitation_run_in_int8(tmp_path):

@@ -121,7 +121,14 @@ def resolve_weights(name: str | None, name_or_path: str, progress: bool = True,
         return weights
     if not os.path.exists(name_or_path):
         raise FileNotFoundError(f"pretrained weights not found: {name_or_path}")
-    return import_weights(read(name_or_path), name, name_or_path, padding)
+    obj = read(name_or_path)
+    ema = obj.get("ema") if isinstance(obj, Mapping) else None
+    if not isinstance(ema, Mapping):  # a train.py checkpoint without EMA, or any other file
+        return import_weights(obj, name, name_or_path, padding)
+    # A train.py checkpoint with EMA weights: those, as eval.py and export.py load by default.
+    weights = import_weights(obj, name, name_or_path, padding, state=ema.get("state_dict", ema))
+    weights.notes.append(f"weights: the EMA weights of {name_or_path} (what eval.py and export.py use)")
+    return weights
 
 
 def load_weights(model: nn.Module, weights: ImportedWeights) -> nn.Module:
