@@ -13,6 +13,7 @@ from bench import model as model_mode
 from bench import onnx_bench as onnx_mode
 from bench import train_bench as train_mode
 from bench.common import check_args, write_json
+from src.errors import EXIT_BAD_INPUT
 
 MODES = {
     "model": (model_mode, "train-step and inference images/s: ours vs torchvision/timm"),
@@ -24,7 +25,6 @@ MODES = {
 
 
 EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 
 
 def set_allocator(choice: str | None) -> None:

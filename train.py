@@ -27,9 +27,9 @@ from src.models import WeightMismatchError
 from src.preprocess import DatasetError
 from src.preflight import TrainInputError, check_inputs
 from src.trainer import NonFiniteLossError, TrainOutOfMemory, run_training
+from src.errors import EXIT_BAD_INPUT
 
 EXIT_TRAINING_FAILED = 1
-EXIT_BAD_INPUT = 2
 EXIT_OUT_OF_MEMORY = 3
 EXIT_INTERRUPTED = 130
 BAD_INPUT_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainInputError, WeightMismatchError,

@@ -14,10 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from src.errors import EXIT_BAD_INPUT
+
 from .layers import PADDINGS
 from .layouts import WeightMismatchError, import_weights, read_weight_file, save_weights
 
-EXIT_BAD_INPUT = 2
 
 
 def main(argv: list[str] | None = None) -> int:
