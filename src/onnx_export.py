@@ -43,7 +43,6 @@ from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_publ
 from src.models import NETWORK_STRIDE, default_preprocess, load_pretrained
 from src.models.weights import imagenet_class_names
 from src.qat import QAT_OPSET, is_qat_model
-from src.qat_onnx import check_qat_structure, compare_qat, export_qat_onnx
 from src.preprocess import Preprocess
 
 DEFAULT_OPSET = 17
@@ -514,7 +513,9 @@ def export_source(
 
 def _export_qat(source: ExportSource, file_name: str, file_format: str, size: int, batch_size: int | None,
                 fp16: bool, pre: Preprocess, announce: Announce) -> ExportResult:
-    """A quantization-aware trained checkpoint: its int8 QDQ file, checked against the fake-quantized model."""
+    """A quantization-aware trained checkpoint: its int8 QDQ file, checked against the trained quantization."""
+    from src.qat_onnx import check_qat_structure, compare_qat, export_qat_onnx  # imports this module
+
     trained = source.model.qat_image_size
     if file_format != "ONNX" or fp16:
         raise ExportError("a QAT checkpoint exports as an int8 ONNX file: drop --fp16 / --file_format")

@@ -7,10 +7,14 @@ activation is fake-quantized per tensor (uint8), so fine-tuning learns weights t
 The quantization scheme is onnxruntime's fast U8S8 one, which its QDQ int8 kernels run.
 
 ``fold_for_export(qat_model)`` freezes the observers and replaces each fused conv+BN QAT module
-by a plain convolution whose weight is the BN-folded weight fake-quantized by the module's own
-weight quantizer: the same numbers in eval mode, in the Conv → QuantizeLinear layout onnxruntime
-fuses into integer kernels. The TorchScript ONNX exporter writes each fake-quantize as a
-QuantizeLinear/DequantizeLinear pair (opset 13 for per-channel weights).
+by a plain convolution holding the BN-folded weight already on its int8 grid (and returns each
+grid): the numbers the QAT model computes in eval mode, in the layout src/qat_onnx.py writes as
+int8 initializers + DequantizeLinear, which onnxruntime fuses into integer kernels. The
+activation quantizers stay; the TorchScript ONNX exporter writes each as a QuantizeLinear/
+DequantizeLinear pair.
+
+``post_training_quantize`` runs the same network without training (observers + bias correction):
+export.py's default int8 path.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ read through a per-channel DequantizeLinear, exactly as onnxruntime's own quanti
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import warnings
@@ -21,31 +22,23 @@ import torch
 from onnx import numpy_helper
 from torch.ao.quantization import disable_fake_quant
 
-from src.qat import QAT_OPSET, fold_for_export
+from infer.metadata import INPUT_NAME, KEY_PRECISION, OUTPUT_NAME, parse_metadata
+from infer.quantize import CALIB_BATCH, ImageCalibrationReader, QuantizeError, calibration_files
+from src.onnx_export import drop_initializer_identities
+from src.qat import QAT_OPSET, fold_for_export, is_qat_model, post_training_quantize
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
-def _inline_constants(graph: onnx.GraphProto) -> None:
-    """Constant nodes become initializers; Identity nodes over initializers are bypassed."""
-    inits = {i.name for i in graph.initializer}
-    keep = []
+def _constants_as_initializers(graph: onnx.GraphProto) -> None:
+    """Constant nodes (the exporter's scales and zero points) become initializers."""
+    kept = []
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute[0].name == "value":
-            tensor = numpy_helper.to_array(node.attribute[0].t)
-            graph.initializer.append(numpy_helper.from_array(tensor, node.output[0]))
-            inits.add(node.output[0])
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t),
+                                                             node.output[0]))
         else:
-            keep.append(node)
-    alias = {n.output[0]: n.input[0] for n in keep if n.op_type == "Identity" and n.input[0] in inits}
-    kept = [n for n in keep if not (n.op_type == "Identity" and n.output[0] in alias)]
-    for node in kept:
-        for i, name in enumerate(node.input):
-            if name in alias:
-                node.input[i] = alias[name]
-    for output in graph.output:
-        if output.name in alias:
-            raise ValueError(f"graph output {output.name} is a constant")
+            kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)
 
@@ -98,7 +91,8 @@ def _int8_weights(graph: onnx.GraphProto, grids: dict[str, tuple[np.ndarray, int
 def tidy_qdq(model: onnx.ModelProto, grids: dict[str, tuple[np.ndarray, int]]) -> onnx.ModelProto:
     """The exporter's QAT graph in onnxruntime's QDQ layout (``grids``: weight name → (scales, axis))."""
     graph = model.graph
-    _inline_constants(graph)
+    _constants_as_initializers(graph)
+    drop_initializer_identities(model)
     _scalar_qparams(graph)
     _int8_weights(graph, grids)
     used = {name for node in graph.node for name in node.input}
@@ -181,8 +175,6 @@ def check_qat_structure(path: str | os.PathLike, model: torch.nn.Module) -> int:
 
 def compare_qat(logits: np.ndarray, model: torch.nn.Module, x: torch.Tensor) -> QatCheck:
     """How far the file's ``logits`` on ``x`` are from the fake-quantized model, and it from float."""
-    import copy
-
     with torch.no_grad():
         fake = model.eval()(x).numpy()
         float_model = copy.deepcopy(model)
@@ -209,10 +201,6 @@ def write_bias_corrected_int8(model: torch.nn.Module, fp32_path: str | os.PathLi
                               announce=print) -> Path:
     """export.py --calib_method bias_corrected: ranges observed by PyTorch on the calibration images
     (the fp32 file's own preprocessing), conv biases corrected for int8 rounding, written as QDQ."""
-    from infer.metadata import INPUT_NAME, OUTPUT_NAME, KEY_PRECISION, parse_metadata
-    from infer.quantize import CALIB_BATCH, ImageCalibrationReader, QuantizeError, calibration_files
-    from src.qat import is_qat_model, post_training_quantize
-
     if is_qat_model(model):
         raise QuantizeError("this checkpoint is quantization-aware trained: its export is already int8; "
                             "drop --quantize")
