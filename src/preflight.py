@@ -293,6 +293,8 @@ def check_qat(cfg: Config, ckpt: dict | None) -> None:
         raise TrainInputError("--qat true trains at one image_size: drop progressive")
     if cfg.amp != "none":
         raise TrainInputError("--qat true runs in float32 (fake-quantized): drop --amp")
+    if cfg.ema_decay > 0:  # the quantizers' per-channel ranges are sized on the first step: no average
+        raise TrainInputError("--qat true trains without a weight EMA: set --ema_decay 0")
 
 
 def check_inputs(cfg: Config) -> str:

@@ -210,6 +210,7 @@ def test_train_qat_then_eval_export_and_runner_agree(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     ((), "--qat true fine-tunes trained weights: pass --pretrained CKPT"),
     (("--pretrained", "imagenet", "--amp", "bf16"), "--qat true runs in float32 (fake-quantized): drop --amp"),
+    (("--pretrained", "imagenet", "--ema_decay", "0.99"), "--qat true trains without a weight EMA: set --ema_decay 0"),
 ])
 def test_qat_bad_input_is_one_line(tmp_path, flags, message):
     proc = _cli("train.py", "--model", "efficientnet_lite0", "--qat", "true", "--dataset_path", str(FLOWERS_DIR),
@@ -282,3 +283,19 @@ def test_export_bias_corrected_int8_runs_in_int8_and_reports_the_table(tmp_path)
     assert {p.key: p.value for p in onnx.load(str(int8)).metadata_props}["precision"] == "int8"
     convs, int8_convs = _int8_kernels(int8, tmp_path)
     assert convs == int8_convs == 81
+
+
+def test_a_resumed_qat_run_ends_with_the_same_weights(tmp_path):
+    run_dir = tmp_path / "run"
+    train = _cli("train.py", "--model", "efficientnet_lite0", "--pretrained", "imagenet", "--qat", "true",
+                 "--dataset_path", str(FLOWERS_DIR), "--val_split", "0.25", "--image_size", "64", "--epoch_size", "2",
+                 "--batch_size", "8", "--num_workers", "0", "--save_checkpoint_path", str(run_dir))
+    assert train.returncode == 0, train.stderr[-2000:]
+    last = run_dir / "efficientnet_lite0-2_2.pth"
+    uninterrupted = torch.load(last, weights_only=True, map_location="cpu")["model"]
+    last.unlink()
+    resumed = _cli("train.py", "--resume", str(run_dir / "efficientnet_lite0-1_2.pth"), "--num_workers", "0")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    again = torch.load(last, weights_only=True, map_location="cpu")["model"]
+    assert again.keys() == uninterrupted.keys()  # observers, quantizer ranges and frozen BN included
+    assert all(torch.equal(again[k], uninterrupted[k]) for k in again)
