@@ -253,6 +253,16 @@ def _checked(got: np.ndarray, ref: Reference, tolerance: float, what: str) -> Ch
                           "only if this CPU's kernels are known to be less exact") from None
 
 
+def run_file(path: str | os.PathLike, x: torch.Tensor, batch_size: int | None = None,
+             intra_op_threads: int | None = None) -> np.ndarray:
+    """onnxruntime's logits for ``x`` (in ``batch_size`` chunks for a fixed-batch file); the session
+    is closed on return, since the file is moved into place next and nothing may hold it open."""
+    session = create_session(path, "CPU", intra_op_threads, announce=lambda _: None)
+    step = batch_size or len(x)
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + step].numpy()})[0]
+                           for i in range(0, len(x), step)])
+
+
 def verify_onnx(path: str | os.PathLike, model: nn.Module, pre: Preprocess, batch_size: int | None = None,
                 fp16: bool = False, tolerance: float = DEFAULT_CHECK_TOLERANCE,
                 intra_op_threads: int | None = None) -> CheckResult:
@@ -260,11 +270,7 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, pre: Preprocess, batc
     allowing ``tolerance`` x PyTorch's own float32 (``fp16``: float16) error; raises ExportError."""
     x = check_images(pre, batch_size)
     ref = float64_reference(model, x, fp16)
-    session = create_session(path, "CPU", intra_op_threads, announce=lambda _: None)
-    step = batch_size or len(x)
-    got = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + step].numpy()})[0]
-                          for i in range(0, len(x), step)])
-    del session  # the file is moved into place next; nothing may hold it open
+    got = run_file(path, x, batch_size, intra_op_threads)
     return _checked(got, ref, tolerance, "onnxruntime")
 
 
@@ -528,11 +534,7 @@ def _export_qat(source: ExportSource, file_name: str, file_format: str, size: in
     x = check_images(pre, batch_size)
     with replaced_when_done(path) as temporary:
         export_qat_onnx(source.model, temporary, size, metadata, INPUT_NAME, OUTPUT_NAME, batch_size)
-        session = create_session(temporary, "CPU", announce=lambda _: None)
-        step = batch_size or len(x)
-        logits = np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + step].numpy()})[0]
-                                 for i in range(0, len(x), step)])
-        del session
+        logits = run_file(temporary, x, batch_size)
         try:
             weights = check_qat_structure(temporary, source.model)
         except ValueError as exc:

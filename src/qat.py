@@ -314,11 +314,10 @@ def correct_bias(model: torch.fx.GraphModule, batches: list[torch.Tensor]) -> No
             hook.remove()
     for conv in convs:
         mean_input = (sums[conv] / counts[conv]).float()
-        bn = conv.bn
-        weight = conv.weight * (bn.weight / torch.sqrt(bn.running_var + bn.eps)).reshape(-1, 1, 1, 1)
+        weight = _folded_conv_weights(conv)[0]
         error = (weight - conv.weight_fake_quant(weight)).sum((2, 3))  # (C_out, C_in / groups)
         shift = error @ mean_input if conv.groups == 1 else error[:, 0] * mean_input
-        bn.bias += shift
+        conv.bn.bias += shift
 
 
 @torch.no_grad()
