@@ -13,7 +13,7 @@ from bench import model as model_mode
 from bench import onnx_bench as onnx_mode
 from bench import train_bench as train_mode
 from bench.common import check_args, write_json
-from src.errors import EXIT_BAD_INPUT
+from src.common.errors import EXIT_BAD_INPUT
 
 MODES = {
     "model": (model_mode, "train-step and inference images/s: ours vs torchvision/timm"),
@@ -29,7 +29,7 @@ EXIT_FAILED = 1
 
 def set_allocator(choice: str | None) -> None:
     """Apply ``--malloc`` here and, through the environment, in every child process."""
-    from src.host_memory import ENV_VAR, TRIM_NEVER, reuse_freed_memory
+    from src.runtime.host_memory import ENV_VAR, TRIM_NEVER, reuse_freed_memory
 
     if choice == "default":
         os.environ.pop(ENV_VAR, None)  # no EFFNET_MALLOC=tuned from the caller's shell
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--malloc", choices=("default", "reuse"), default=None,
                         help="host allocator for this process and the ones it starts: glibc's defaults, or "
-                             "reuse freed memory (src/host_memory.py) everywhere; unset: as shipped "
+                             "reuse freed memory (src/runtime/host_memory.py) everywhere; unset: as shipped "
                              "(glibc's defaults; train.py and eval.py reuse on CPU with EFFNET_MALLOC=tuned)")
     sub = parser.add_subparsers(dest="mode", required=True)
     for name, (module, help_text) in MODES.items():

@@ -20,21 +20,21 @@ from typing import Sequence
 
 import torch
 
-from src.amp import AMP_DTYPES
-from src.checkpoint import CheckpointError
+from src.runtime.amp import AMP_DTYPES
+from src.models.files import CheckpointError
 from src.config import ConfigError
-from src.dataset import one_line_broken_image_warnings
-from src.distributed import DistributedError, cleanup, init_distributed, is_main_launch
-from src.errors import EXIT_BAD_INPUT, OneLineParser
-from src.eval_data import EVAL_DATASET_KINDS, build_loader, map_to_model, read_eval_data
-from src.eval_settings import (DEFAULT_BATCH_SIZE, EvalInputError, check_output_files, eval_preprocess, load_model,
+from src.data.dataset import one_line_broken_image_warnings
+from src.runtime.distributed import DistributedError, cleanup, init_distributed, is_main_launch
+from src.common.errors import EXIT_BAD_INPUT, OneLineParser
+from src.evaluation.data import EVAL_DATASET_KINDS, build_loader, map_to_model, read_eval_data
+from src.evaluation.settings import (DEFAULT_BATCH_SIZE, EvalInputError, check_output_files, eval_preprocess, load_model,
                                merge_settings)
-from src.eval_report import print_report, save_reports, start_lines
-from src.evaluate import evaluate
-from src.host_memory import reuse_freed_memory_if_requested
-from src.model_loading import IMAGENET, ModelLoadError, add_use_ema_argument
+from src.evaluation.report import print_report, save_reports, start_lines
+from src.evaluation.metrics import evaluate
+from src.runtime.host_memory import reuse_freed_memory_if_requested
+from src.models.loading import IMAGENET, ModelLoadError, add_use_ema_argument
 from src.models import PADDINGS, WeightMismatchError
-from src.preprocess import INTERPOLATIONS, DatasetError
+from src.common.preprocess import INTERPOLATIONS, DatasetError
 
 EXIT_INTERRUPTED = 130
 

@@ -23,14 +23,14 @@ from typing import Sequence
 
 from infer.quantize import CALIB_METHODS, DEFAULT_CALIB_IMAGES, QuantizeError
 from infer.triton_repo import DEFAULT_MAX_BATCH_SIZE
-from src.checkpoint import CheckpointError
+from src.models.files import CheckpointError
 from src.config import ConfigError
-from src.errors import EXIT_BAD_INPUT, OneLineParser
-from src.export_check import DEFAULT_CHECK_TOLERANCE
-from src.export_steps import (BENCH_BATCHES, BIAS_CORRECTED, INT8_SUFFIX, WEIGHT_FORMATS, check_args, print_benchmark, write_int8,
+from src.common.errors import EXIT_BAD_INPUT, OneLineParser
+from src.export.check import DEFAULT_CHECK_TOLERANCE
+from src.export.steps import (BENCH_BATCHES, BIAS_CORRECTED, INT8_SUFFIX, WEIGHT_FORMATS, check_args, print_benchmark, write_int8,
                               write_triton, write_weight_file)
-from src.model_loading import add_use_ema_argument, use_ema_flag
-from src.onnx_export import DEFAULT_OPSET, FORMATS, ExportError, export_source, load_source
+from src.models.loading import add_use_ema_argument, use_ema_flag
+from src.export.onnx_export import DEFAULT_OPSET, FORMATS, ExportError, export_source, load_source
 
 def _format(text: str) -> str:
     value = text.upper()
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib_dir", help="images to calibrate on (folder, class folders or .txt list)")
     q.add_argument("--calib_images", type=int, default=DEFAULT_CALIB_IMAGES, help="calibration images used")
     q.add_argument("--calib_method", choices=sorted([*CALIB_METHODS, BIAS_CORRECTED]), default=BIAS_CORRECTED,
-                   help="bias_corrected (default): PyTorch observers + per-channel bias correction (src/qat.py); "
+                   help="bias_corrected (default): PyTorch observers + per-channel bias correction (src/models/qat.py); "
                         "minmax/entropy/percentile: onnxruntime's own quantizer")
     q.add_argument("--eval_dir", help="labelled folder: report fp32 vs int8 top-1/top-5 on it")
     t = p.add_argument_group("Triton Inference Server (ONNX only)")

@@ -19,15 +19,15 @@ import errno
 import sys
 from typing import Sequence
 
-from src.checkpoint import CheckpointError, CheckpointWriteError
+from src.models.files import CheckpointError, CheckpointWriteError
 from src.config import ConfigError, load_config
-from src.dataset import one_line_broken_image_warnings
-from src.distributed import DistributedError
+from src.data.dataset import one_line_broken_image_warnings
+from src.runtime.distributed import DistributedError
 from src.models import WeightMismatchError
-from src.preprocess import DatasetError
-from src.preflight import TrainInputError, check_inputs
-from src.trainer import NonFiniteLossError, TrainOutOfMemory, run_training
-from src.errors import EXIT_BAD_INPUT
+from src.common.preprocess import DatasetError
+from src.training.preflight import TrainInputError, check_inputs
+from src.training.trainer import NonFiniteLossError, TrainOutOfMemory, run_training
+from src.common.errors import EXIT_BAD_INPUT
 
 EXIT_TRAINING_FAILED = 1
 EXIT_OUT_OF_MEMORY = 3

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from src.models import NETWORK_STRIDE
-from src.writable import unwritable_output, why_not_writable
+from src.common.writable import unwritable_output, why_not_writable
 
 MIN_IMAGE_SIZE = NETWORK_STRIDE  # a smaller input ends in a 1x1 feature map
 
@@ -33,8 +33,8 @@ def machine_info() -> dict:
 
 
 def _malloc_setting() -> str:
-    """benchmark.py --malloc as the environment records it (see src/host_memory.py)."""
-    from src.host_memory import tuning_requested
+    """benchmark.py --malloc as the environment records it (see src/runtime/host_memory.py)."""
+    from src.runtime.host_memory import tuning_requested
 
     if os.environ.get("MALLOC_MMAP_MAX_") == "0":
         return "reuse"

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from src.dataset import to_device_normalized
+from src.data.dataset import to_device_normalized
 from src.models import default_preprocess
-from src.preprocess import Preprocess
-from src.transforms import build_eval_transform, build_train_transform
+from src.common.preprocess import Preprocess
+from src.data.transforms import build_eval_transform, build_train_transform
 
 from .common import MIN_IMAGE_SIZE, format_table, machine_info, paired_rounds
 
@@ -355,5 +355,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--source", default="files", choices=("files", "shards"),
                    help="files: ours vs torchvision's chain; shards: train.py's pipeline reading the same JPEGs "
-                        "from files vs from WebDataset tar shards (src/shards.py)")
+                        "from files vs from WebDataset tar shards (src/data/shards.py)")
     p.add_argument("--shard_size_mb", type=float, default=256.0, help="with --source shards: largest shard")

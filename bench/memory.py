@@ -80,8 +80,8 @@ def build(impl: str, name: str, checkpointing: bool) -> torch.nn.Module:
 def warm_up_libraries(cfg_defaults, device: torch.device) -> None:
     """One step of a tiny model through the same code path, so modules loaded on first use
     (the first optimizer pulls in torch._dynamo, ~150 MB) are not counted as model memory."""
-    from src.amp import autocast
-    from src.optimizer import build_optimizer
+    from src.runtime.amp import autocast
+    from src.training.optimizer import build_optimizer
 
     tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                torch.nn.LazyLinear(2)).to(device)
@@ -97,9 +97,9 @@ def warm_up_libraries(cfg_defaults, device: torch.device) -> None:
 
 def measure(cfg: dict) -> dict:
     """One configuration, in this process: see the module doc for what is measured."""
-    from src.amp import autocast, build_scaler
+    from src.runtime.amp import autocast, build_scaler
     from src.config import load_config
-    from src.optimizer import build_optimizer
+    from src.training.optimizer import build_optimizer
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)

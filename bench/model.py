@@ -13,7 +13,7 @@ import statistics
 
 import torch
 
-from src.amp import autocast, build_scaler
+from src.runtime.amp import autocast, build_scaler
 from src.models import build_model
 
 from .common import MIN_IMAGE_SIZE, format_table, machine_info, paired_rounds

@@ -3,7 +3,7 @@
 PyTorch runs as most users run it (NCHW) and with channels_last (a large win on CPUs for the
 depthwise convolutions); ratios are against the plain NCHW run.
 
-The model is exported in this process with the project's exporter (``src.onnx_export.export_onnx``:
+The model is exported in this process with the project's exporter (``src.export.onnx_export.export_onnx``:
 dynamic batch, BatchNorm folded) and run by an onnxruntime session with full graph optimisation
 (ORT_ENABLE_ALL) and the same number of intra-op threads PyTorch uses, on the same random batch.
 Both sides take a host batch and return host logits (on a GPU both pay the copies). Rounds
@@ -31,7 +31,7 @@ from torch import nn
 from infer.metadata import build_metadata
 from src.models import build_model, get_variant
 from src.models.weights import default_preprocess
-from src.preprocess import Preprocess
+from src.common.preprocess import Preprocess
 
 from .common import MIN_IMAGE_SIZE, format_table, machine_info, warm_paired_rounds
 from .model import calibrate_batchnorm
@@ -53,7 +53,7 @@ class Network:
 def load_network(args: argparse.Namespace) -> Network:
     """``--pretrained`` weights (as export.py loads them), else random weights with BatchNorm
     statistics from a random batch; at ``--image_size`` (default: the weights' eval crop)."""
-    from src.onnx_export import load_source
+    from src.export.onnx_export import load_source
 
     if args.pretrained:
         source = load_source(model_name=args.model, pretrained=args.pretrained)
@@ -72,7 +72,7 @@ def load_network(args: argparse.Namespace) -> Network:
 def export_fp32(net: Network, path: str | os.PathLike) -> float:
     """Export ``net`` with the project's exporter and the metadata the runner and the quantizer read
     (no class names: a labelled folder's class i is output i). Returns the seconds it took."""
-    from src.onnx_export import export_onnx
+    from src.export.onnx_export import export_onnx
 
     start = time.perf_counter()
     export_onnx(net.model, path, net.preprocess.crop, build_metadata(net.name, net.preprocess, None, net.num_classes))

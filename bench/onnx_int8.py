@@ -25,7 +25,7 @@ import onnxruntime as ort
 import torch
 
 from infer.quantize import DEFAULT_CALIB_IMAGES, compare_accuracy, quantize_int8
-from src.onnx_export import op_counts
+from src.export.onnx_export import op_counts
 
 from .common import format_table, machine_info, warm_paired_rounds
 from .data import JPEG_KINDS, generate_jpegs

@@ -21,10 +21,10 @@ from types import SimpleNamespace
 import torch
 from torch.utils.data import DataLoader
 
-from src.dataset import ImageFolderDataset, collate_skip_broken
-from src.sampler import EpochSampler, SeededDataset
-from src.shards import ShardTrainStream, convert, find_shards, make_train_loader
-from src.transforms import build_train_transform
+from src.data.dataset import ImageFolderDataset, collate_skip_broken
+from src.data.sampler import EpochSampler, SeededDataset
+from src.data.shards import ShardTrainStream, convert, find_shards, make_train_loader
+from src.data.transforms import build_train_transform
 
 from .common import format_table, machine_info, paired_rounds
 

@@ -96,11 +96,11 @@ def plain_loop(p: dict) -> dict:
     from torchvision import datasets
     from torchvision import transforms as tv
 
-    from src.amp import autocast, build_scaler
+    from src.runtime.amp import autocast, build_scaler
     from src.config import load_config
-    from src.loss import build_loss
+    from src.training.loss import build_loss
     from src.models import build_model, default_preprocess
-    from src.optimizer import build_optimizer
+    from src.training.optimizer import build_optimizer
 
     torch.manual_seed(1)
     device = torch.device(p["device"])

@@ -73,10 +73,10 @@ def plain_loop(args: argparse.Namespace) -> dict:
     from torchvision import transforms as T
 
     from src.config import load_config
-    from src.loss import build_loss
-    from src.lr_generator import LRSchedule
+    from src.training.loss import build_loss
+    from src.training.lr_generator import LRSchedule
     from src.models import build_model, default_preprocess
-    from src.optimizer import build_optimizer
+    from src.training.optimizer import build_optimizer
 
     cfg = load_config(common_overrides(args))
     torch.manual_seed(cfg.seed)

@@ -31,9 +31,9 @@ from infer.report import (  # noqa: E402
     Timing, check_output_path, check_writable_parent, prediction_rows, topk_accuracy, write_predictions,
 )
 from infer.session import DEVICE_TARGETS, DeviceError, create_session  # noqa: E402
-from src.class_mapping import map_classes, output_names  # noqa: E402
-from src.errors import EXIT_BAD_INPUT, OneLineParser  # noqa: E402
-from src.preprocess import INTERPOLATIONS, MAX_IMAGE_SIZE, Preprocess  # noqa: E402
+from src.common.class_mapping import map_classes, output_names  # noqa: E402
+from src.common.errors import EXIT_BAD_INPUT, OneLineParser  # noqa: E402
+from src.common.preprocess import INTERPOLATIONS, MAX_IMAGE_SIZE, Preprocess  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_TOPK = 5

@@ -1,6 +1,6 @@
 """What to run on: a labelled folder, an unlabelled folder, or a text file listing images.
 
-Labelled folders are listed by ``src.preprocess.list_class_folders`` (the same listing eval.py
+Labelled folders are listed by ``src.common.preprocess.list_class_folders`` (the same listing eval.py
 uses, so both score the same images in the same order). Files without an image extension are
 not fed to the model but are reported, so a stray README or .DS_Store is visible, never fatal.
 """
@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from src.preprocess import DatasetError, images_under, is_image_file, list_class_folders, resolve_eval_folder
+from src.common.preprocess import DatasetError, images_under, is_image_file, list_class_folders, resolve_eval_folder
 
 LIST_SUFFIX = ".txt"
 COMMENT_PREFIX = "#"

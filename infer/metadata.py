@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from src.preprocess import Preprocess
+from src.common.preprocess import Preprocess
 
 KEY_MODEL_NAME = "model_name"
 KEY_PREPROCESS = "preprocess"  # JSON: {resize, crop, interpolation, mean, std}

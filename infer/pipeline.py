@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from src.preprocess import Preprocess, UnreadableImage, eval_image, load_rgb, normalize_batch
+from src.common.preprocess import Preprocess, UnreadableImage, eval_image, load_rgb, normalize_batch
 
 MAX_DECODE_THREADS = 4
 PREFETCH_BATCHES = 2  # batches decoded ahead of the one being run

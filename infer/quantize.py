@@ -28,7 +28,7 @@ from onnxruntime.quantization import (
 from infer.inputs import collect_inputs
 from infer.metadata import KEY_PRECISION, parse_metadata
 from infer.pipeline import iter_batches
-from src.preprocess import DatasetError, Preprocess
+from src.common.preprocess import DatasetError, Preprocess
 
 DEFAULT_CALIB_IMAGES = 300
 CALIB_BATCH = 16

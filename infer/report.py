@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from src.writable import unwritable_output
+from src.common.writable import unwritable_output
 
 OUTPUT_FORMATS = (".csv", ".json")
 LATENCY_PERCENTILES = (50, 95, 99)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import onnxruntime as ort
 
-from src.errors import ModelLoadError
+from src.common.errors import ModelLoadError
 
 DEVICE_TARGETS = ("GPU", "CPU")
 CPU_PROVIDER = "CPUExecutionProvider"

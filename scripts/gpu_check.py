@@ -4,7 +4,7 @@
     bash scripts/gpu_check.sh ...   (the same, with the launchers' choice of Python)
 
 Steps (each in its own process, with its own timeout; a failure in one does not stop the others):
-  train_fp16      B0 training steps, channels_last, fp16 autocast + dynamic GradScaler (src.amp)
+  train_fp16      B0 training steps, channels_last, fp16 autocast + dynamic GradScaler (src.runtime.amp)
   train_bf16      the same in bf16 without a scaler (skipped where the GPU has no bf16)
   ddp_nccl        torchrun --nproc_per_node 1 train.py --dist_backend nccl on a generated image folder
   compile         train.py --compile true for one short epoch (skipped without triton)
@@ -205,7 +205,7 @@ def internal_train(amp: str) -> None:
     """B0 training steps on one repeated batch: the loss must fall and every value stay finite."""
     import torch
 
-    from src.amp import autocast, build_scaler
+    from src.runtime.amp import autocast, build_scaler
     from src.models import build_model
 
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
@@ -249,7 +249,7 @@ def internal_grad_ckpt() -> None:
     """Peak memory of a B3 fp16 training step with and without gradient checkpointing."""
     import torch
 
-    from src.amp import autocast, build_scaler
+    from src.runtime.amp import autocast, build_scaler
     from src.models import build_model
 
     device = torch.device(DEVICE)
@@ -290,8 +290,8 @@ def internal_onnx(provider: str, workdir: Path) -> None:
 
     from infer.pipeline import load_normalized
     from infer.session import choose_providers
-    from src.model_loading import load_trained
-    from src.preprocess import list_class_folders
+    from src.models.loading import load_trained
+    from src.common.preprocess import list_class_folders
 
     choice = choose_providers("GPU")  # loads each provider's libraries quietly: TensorRT's are often absent
     if provider not in choice.providers:

@@ -37,9 +37,9 @@ require_train_python
 # rejects unusable or unsafe checkpoint files with train.py's one-line error (exit 2).
 TARGET=$("$PYTHON" -c '
 import sys
-from src.checkpoint import CheckpointError
+from src.models.files import CheckpointError
 from src.config import ConfigError, load_config
-from src.preflight import resolve_resume
+from src.training.preflight import resolve_resume
 try:
     print(resolve_resume(load_config(sys.argv[1:]))[0].device_target)
 except (CheckpointError, ConfigError) as exc:

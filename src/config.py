@@ -22,7 +22,7 @@ import yaml
 
 from src.models.effnet import list_models
 from src.models.layers import PADDINGS
-from src.preprocess import MAX_IMAGE_SIZE
+from src.common.preprocess import MAX_IMAGE_SIZE
 
 MODEL_NAMES: tuple[str, ...] = tuple(list_models())  # the zoo table's order: B0-B7, V2-S/M/L, Lite0-4
 LR_DECAY_MODES = ("linear", "liner", "cosine", "steps", "poly", "exponential", "constant")
@@ -220,7 +220,7 @@ class Config:
                                     "dropout, randaug_magnitude, mixup}; the last stage runs to the end",
                                     nullable=True)
     qat: bool = _key(False, "bool", "quantization-aware training: fake-quantized int8 fine-tuning of --pretrained "
-                     "weights at a fixed image_size (src/qat.py); export.py then writes an int8 ONNX file")
+                     "weights at a fixed image_size (src/models/qat.py); export.py then writes an int8 ONNX file")
     max_nonfinite_steps: int = _pos_int(20, "abort after N consecutive steps with a non-finite loss")
     finetune_auto: bool = _key(False, "bool", "pick lr_max/epoch_size/batch_size/dropout from the dataset size")
     dist_backend: str | None = _key(None, "str", "torch.distributed backend; null = nccl on GPU, gloo on CPU",

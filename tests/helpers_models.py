@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from src.preprocess import Preprocess
+from src.common.preprocess import Preprocess
 
 # 24 real photos (Oxford 17 Category Flower Dataset, Nilsback & Zisserman 2006, 6 classes x 4,
 # shorter side 256 px): see tests/data/README.md.
@@ -72,11 +72,11 @@ def calibrated_model(name: str, num_classes: int, pre: Preprocess, images: torch
                      seed: int = 0) -> nn.Module:
     """A fresh ``name`` (src.models) ``calibrate``d on representative images, all at ``pre.crop``
     with ``pre``'s normalisation: the 24 photos, ``images`` (e.g. the data a test scores) and the
-    synthetic photos export.py's numeric check feeds (src.export_check), so that every input the
+    synthetic photos export.py's numeric check feeds (src.export.check), so that every input the
     test shows it stays within the range its BatchNorm statistics were measured on."""
-    from src.export_check import verification_batch
+    from src.export.check import verification_batch
     from src.models import build_model
-    from src.onnx_export import VERIFY_IMAGES
+    from src.export.onnx_export import VERIFY_IMAGES
 
     torch.manual_seed(seed)
     model = build_model(name, num_classes=num_classes)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import train
-from src import trainer
+from src.training import trainer
 
 
 def digest(tensors: list[torch.Tensor]) -> str:

@@ -1,9 +1,9 @@
-"""src/best.py: the one new-best rule the best checkpoint, the plateau scheduler and early stopping share."""
+"""src/training/best.py: the one new-best rule the best checkpoint, the plateau scheduler and early stopping share."""
 from __future__ import annotations
 
 import pytest
 
-from src.best import check_mode, is_improvement
+from src.training.best import check_mode, is_improvement
 
 
 def test_is_improvement():

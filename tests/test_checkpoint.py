@@ -1,4 +1,4 @@
-"""Tests for src/checkpoint.py: atomic writes, safe loading, rotation, RNG resume, weight extraction."""
+"""Tests for src/models/files.py: atomic writes, safe loading, rotation, RNG resume, weight extraction."""
 
 import os
 import random
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.checkpoint import (CheckpointError, CheckpointManager, CheckpointWriteError, atomic_save,
+from src.models.files import (CheckpointError, CheckpointManager, CheckpointWriteError, atomic_save,
                             extract_state_dict, load_checkpoint, restore_rng_state, rng_state)
 
 
@@ -82,7 +82,7 @@ def test_full_disk_keeps_old_checkpoint_and_names_the_cause(tmp_path):
     (EFBIG) as a full disk would (ENOSPC); torch.save reports it as a RuntimeError of its own."""
     script = textwrap.dedent("""
         import resource, signal, sys, torch
-        from src.checkpoint import CheckpointWriteError, atomic_save
+        from src.models.files import CheckpointWriteError, atomic_save
         path = sys.argv[1]
         atomic_save({"epoch": 1}, path)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process

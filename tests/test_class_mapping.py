@@ -1,4 +1,4 @@
-"""src/class_mapping.py: the one rule eval.py and the ONNX runner use to map data classes to model outputs."""
+"""src/common/class_mapping.py: the one rule eval.py and the ONNX runner use to map data classes to model outputs."""
 from __future__ import annotations
 
 import subprocess
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from src.class_mapping import ClassMapping, map_classes, output_names
-from src.preprocess import DatasetError
+from src.common.class_mapping import ClassMapping, map_classes, output_names
+from src.common.preprocess import DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = ["zebra", "apple", "mango"]  # output order is not alphabetical
@@ -65,6 +65,6 @@ def test_output_names():
 
 
 def test_the_modules_infer_shares_need_no_torch():
-    probe = "import sys; sys.modules['torch'] = None\nimport src.class_mapping, src.errors"
+    probe = "import sys; sys.modules['torch'] = None\nimport src.common.class_mapping, src.common.errors"
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -325,7 +325,7 @@ def test_finetune_yaml_leaves_the_auto_keys_to_the_picker() -> None:
 
 def test_finetune_yaml_light_augment_is_mild_crops_without_randaugment() -> None:
     """finetune.yaml says "flips + mild crops (25-100% of the image) + colour jitter 0.1"."""
-    from src.transforms import resolve_augment
+    from src.data.transforms import resolve_augment
 
     aug = resolve_augment(load_config(["--config", str(CONFIG_DIR / "finetune.yaml")]))
     assert (aug.augment, aug.crop_scale_min, aug.hflip, aug.color_jitter) == ("light", 0.25, 0.5, 0.1)

@@ -17,14 +17,14 @@ import torch
 import eval as eval_entry
 import export as export_entry
 import train as train_entry
-from src.checkpoint import load_checkpoint
-from src.model_loading import load_trained
+from src.models.files import load_checkpoint
+from src.models.loading import load_trained
 from src.models import WeightMismatchError, build_model, build_pretrained, import_weights
 from src.models.convert import main as convert_main
 from src.models.layers import same_padding
 from src.models.weights import get_weights
-from src.onnx_export import load_source
-from src.preprocess import Preprocess, eval_image, normalize_batch
+from src.export.onnx_export import load_source
+from src.common.preprocess import Preprocess, eval_image, normalize_batch
 from tests.helpers_models import FLOWERS_DIR, assert_spread, calibrate, photo_batch
 
 timm = pytest.importorskip("timm")

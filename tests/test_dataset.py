@@ -1,4 +1,4 @@
-"""src/dataset.py and src/transforms.py: folders, splits, broken files, CIFAR, RRC with draft."""
+"""src/data/dataset.py and src/data/transforms.py: folders, splits, broken files, CIFAR, RRC with draft."""
 from __future__ import annotations
 
 import os
@@ -15,13 +15,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import RandomResizedCrop, v2
 
-import src.transforms as T
-from src.dataset import (
+import src.data.transforms as T
+from src.data.dataset import (
     CIFAR_SOURCES, BrokenImageWarning, CifarSource, DatasetError, ImageFolderDataset,
     ShardedEvalSampler, build_datasets, collate_skip_broken, count_images, download_and_extract,
     load_cifar, md5sum, restricted_unpickle, stratified_split, to_device_normalized,
 )
-from src.preprocess import INTERPOLATIONS, Preprocess, eval_image, list_class_folders, load_rgb
+from src.common.preprocess import INTERPOLATIONS, Preprocess, eval_image, list_class_folders, load_rgb
 from tests.helpers_data import (
     class_name, make_image_folder, smooth_photo, write_broken_file, write_exif_jpeg,
 )

@@ -1,4 +1,4 @@
-"""Tests for src/distributed.py: launcher env parsing and a real 2-process gloo group."""
+"""Tests for src/runtime/distributed.py: launcher env parsing and a real 2-process gloo group."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.distributed import (DEFAULT_MASTER_PORT, DistributedError, all_reduce_sum, broadcast_object,
+from src.runtime.distributed import (DEFAULT_MASTER_PORT, DistributedError, all_reduce_sum, broadcast_object,
                              first_slurm_host, init_distributed, launch_env, seed_everything,
                              unwrap_model)
 
@@ -22,7 +22,7 @@ LAUNCH_TIMEOUT_S = 120
 WORKER = """
 import json, sys
 import torch
-from src.distributed import all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed
+from src.runtime.distributed import all_reduce_sum, barrier, broadcast_object, cleanup, init_distributed
 info = init_distributed("CPU")
 total = all_reduce_sum(torch.tensor([float(info.rank + 1), 10.0]))
 chosen = broadcast_object({"run_dir": f"chosen-by-{info.rank}"})

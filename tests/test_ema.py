@@ -1,11 +1,11 @@
-"""Tests for src/ema.py: the warmup formula by hand, buffers, wrappers and resume."""
+"""Tests for src/training/ema.py: the warmup formula by hand, buffers, wrappers and resume."""
 
 import pytest
 import torch
 from torch import nn
 
-from src.checkpoint import atomic_save, load_checkpoint
-from src.ema import ModelEma
+from src.models.files import atomic_save, load_checkpoint
+from src.training.ema import ModelEma
 
 
 def tiny_model() -> nn.Sequential:

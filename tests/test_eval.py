@@ -1,4 +1,4 @@
-"""eval.py, src/evaluate.py and scripts/run_eval.sh: every image scored once, exact metrics, clear errors."""
+"""eval.py, src/evaluation/metrics.py and scripts/run_eval.sh: every image scored once, exact metrics, clear errors."""
 from __future__ import annotations
 
 import contextlib
@@ -20,12 +20,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import eval as eval_entry
-from src.dataset import ImageFolderDataset, collate_skip_broken, load_cifar_split, to_device_normalized
-from src.evaluate import EvalResult, evaluate, format_result_line, write_confusion_csv
+from src.data.dataset import ImageFolderDataset, collate_skip_broken, load_cifar_split, to_device_normalized
+from src.evaluation.metrics import EvalResult, evaluate, format_result_line, write_confusion_csv
 from src.models import build_model, default_preprocess
 from src.models.pretrained import pretrained_url
-from src.preprocess import Preprocess, eval_image, list_class_folders, load_rgb, normalize_batch
-from src.transforms import build_eval_transform
+from src.common.preprocess import Preprocess, eval_image, list_class_folders, load_rgb, normalize_batch
+from src.data.transforms import build_eval_transform
 from tests.helpers_data import class_name, make_image_folder, shape_image, smooth_photo, write_broken_file
 from tests.helpers_models import MIN_DISTINCT_CLASSES, calibrate, calibrated_model, photo_batch, spread_head
 
@@ -81,7 +81,7 @@ def _predicted_classes(confusion: np.ndarray) -> int:
 
 
 def _train_checkpoint(model: nn.Module, ema: dict | None = None) -> dict:
-    """The dict train.py writes (src/trainer.py checkpoint_state), reduced to what eval.py reads."""
+    """The dict train.py writes (src/training/trainer.py checkpoint_state), reduced to what eval.py reads."""
     return {"model": model.state_dict(), "epoch": 1, "step": 7, "config": {}, "model_name": "efficientnet_b0",
             "num_classes": len(CLASSES), "classes": list(CLASSES), "preprocess": B0_SMALL.to_dict(), "ema": ema}
 
@@ -332,7 +332,7 @@ def test_pretrained_imagenet_uses_torchvision_download(files, tmp_path, capsys, 
 
 def test_folders_named_otherwise_score_by_sorted_order_only_when_all_classes_are_there(files, single_run, tmp_path,
                                                                                        capsys):
-    """src.class_mapping's rule through eval.py: as many folders as the checkpoint has classes, none named
+    """src.common.class_mapping's rule through eval.py: as many folders as the checkpoint has classes, none named
     like them (WordNet ids against category words): the sorted order, with a note; fewer: an error."""
     renamed = tmp_path / "renamed"
     shutil.copytree(files["root"] / "val", renamed)

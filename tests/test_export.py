@@ -1,4 +1,4 @@
-"""export.py and src/onnx_export.py: every variant exports, the file computes what PyTorch computes,
+"""export.py and src/export/onnx_export.py: every variant exports, the file computes what PyTorch computes,
 metadata round-trips, fp16 / TorchScript / int8 variants work, bad input gives one error line."""
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ import torch
 import export as export_entry
 from infer.metadata import INPUT_NAME, OUTPUT_NAME, parse_metadata
 from infer.quantize import compare_accuracy, quantize_int8
-from src.export_check import (
+from src.export.check import (
     DEFAULT_CHECK_TOLERANCE, FLOAT32_EPS, CheckFailed, compare, float64_reference, verification_batch,
 )
 from src.models import build_model, default_preprocess, list_models
-from src.onnx_export import (
+from src.export.onnx_export import (
     DEFAULT_OPSET, VERIFY_IMAGES, ExportError, ExportSource, export_onnx, export_source, op_counts,
     optimized_op_counts, random_batch, read_torchscript_metadata, supported_opsets, verify_onnx,
 )
-from src.preprocess import Preprocess, list_class_folders
+from src.common.preprocess import Preprocess, list_class_folders
 from tests.helpers_models import FLOWERS_DIR, assert_spread, calibrated_model, photo_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def test_check_images_are_preprocessed_synthetic_photos_not_noise():
 
 def _tamper_first_conv(relative: float):
     """An export_onnx that scales the file's first Conv weight by (1 + relative) after writing."""
-    from src import onnx_export
+    from src.export import onnx_export
 
     original = onnx_export.export_onnx
 
@@ -234,7 +234,7 @@ def test_a_1e_5_error_in_one_layer_fails_the_check_and_leaves_no_file(tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == ["m.onnx"]  # no temporary file left
     (out / "m.onnx").unlink()
 
-    monkeypatch.setattr("src.onnx_export.export_onnx", _tamper_first_conv(1e-5))
+    monkeypatch.setattr("src.export.onnx_export.export_onnx", _tamper_first_conv(1e-5))
     assert _exit_code(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: onnxruntime differs from PyTorch (float64) by ")
@@ -252,7 +252,7 @@ def test_a_1e_5_error_in_one_layer_fails_the_check_and_leaves_no_file(tmp_path, 
 
 def test_a_perturbed_onnxruntime_output_fails_the_check(tmp_path, monkeypatch):
     """The comparison reads onnxruntime's output: perturb one logit by 20x float32's own error."""
-    from src import onnx_export
+    from src.export import onnx_export
 
     model, pre = calibrated("efficientnet_b0")
     ref = float64_reference(model, onnx_export.check_images(pre, None))
@@ -321,7 +321,7 @@ def test_pretrained_imagenet_stores_torchvision_class_names(tmp_path, monkeypatc
         assert name_or_path == "imagenet"
         return model  # random weights stand in for the download (no network in tests)
 
-    monkeypatch.setattr("src.onnx_export.load_pretrained", fake_download)
+    monkeypatch.setattr("src.export.onnx_export.load_pretrained", fake_download)
     assert export_entry.main(["--model", "efficientnet_b0", "--pretrained", "--file_name", str(tmp_path / "tv"),
                               "--width", "64", "--height", "64", "--no_op_counts"]) == 0
     info = parse_metadata({p.key: p.value for p in onnx.load(str(tmp_path / "tv.onnx")).metadata_props})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.amp import autocast, build_scaler
+from src.runtime.amp import autocast, build_scaler
 from src.models import build_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

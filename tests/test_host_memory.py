@@ -1,4 +1,4 @@
-"""src/host_memory.py: off unless EFFNET_MALLOC=tuned; then glibc's two switches, or the allocator left alone.
+"""src/runtime/host_memory.py: off unless EFFNET_MALLOC=tuned; then glibc's two switches, or the allocator left alone.
 
 What the project controls is which ``mallopt`` calls it makes and when it declines; how glibc then
 places blocks (heap or mmap) is glibc's business and differs under jemalloc or tcmalloc, so it is
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from src import host_memory
-from src.host_memory import (M_MMAP_MAX, M_TRIM_THRESHOLD, TRIM_NEVER, USER_SETTINGS, reuse_freed_memory,
+from src.runtime import host_memory
+from src.runtime.host_memory import (M_MMAP_MAX, M_TRIM_THRESHOLD, TRIM_NEVER, USER_SETTINGS, reuse_freed_memory,
                               reuse_freed_memory_if_requested)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,7 @@ def test_a_refused_setting_is_reported(clean_env):
 
 CHILD = """
 import json
-from src.host_memory import reuse_freed_memory_if_requested
+from src.runtime.host_memory import reuse_freed_memory_if_requested
 print(json.dumps([reuse_freed_memory_if_requested(), reuse_freed_memory_if_requested()]))
 """
 

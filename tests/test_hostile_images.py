@@ -24,14 +24,14 @@ from PIL import Image, ImageFile, PngImagePlugin
 
 import train
 from infer.infer_onnx import run_inference
-from src.dataset import BrokenImageWarning
-from src.onnx_export import ExportSource, export_source
-from src.preprocess import MAX_IMAGE_PIXELS, UnreadableImage, list_class_folders, load_rgb, open_image
-from src.transforms import decode_crop_resize
+from src.data.dataset import BrokenImageWarning
+from src.export.onnx_export import ExportSource, export_source
+from src.common.preprocess import MAX_IMAGE_PIXELS, UnreadableImage, list_class_folders, load_rgb, open_image
+from src.data.transforms import decode_crop_resize
 from tests.helpers_data import class_name, make_image_folder
 from tests.test_export import conditioned_model
 
-# As src.preprocess sets for every process (pytest replaces the filters it installed at import).
+# As src.common.preprocess sets for every process (pytest replaces the filters it installed at import).
 pytestmark = pytest.mark.filterwarnings("error::PIL.Image.DecompressionBombWarning")
 
 REPO = Path(__file__).resolve().parents[1]

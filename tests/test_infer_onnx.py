@@ -19,8 +19,8 @@ import infer.session as session_module
 from infer.infer_onnx import PreprocessOverrides, main, run_inference
 from infer.pipeline import load_normalized
 from infer.report import softmax
-from src.onnx_export import ExportSource, export_source
-from src.preprocess import DatasetError, Preprocess, list_class_folders
+from src.export.onnx_export import ExportSource, export_source
+from src.common.preprocess import DatasetError, Preprocess, list_class_folders
 from tests.helpers_data import class_name, make_image_folder, write_broken_file
 from tests.test_export import conditioned_model
 

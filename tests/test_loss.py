@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.config import ConfigError, load_config
-from src.loss import SmoothedCrossEntropy, build_loss
+from src.training.loss import SmoothedCrossEntropy, build_loss
 
 LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
 # log_softmax([1, 2, 3]) = [-2.40760596, -1.40760596, -0.40760596]; eps 0.3, C 3 -> on 0.7, off 0.15.

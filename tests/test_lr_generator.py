@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from src.config import load_config
-from src.lr_generator import LRSchedule, PlateauScheduler, cosine_restarts_lr, get_lr
+from src.training.lr_generator import LRSchedule, PlateauScheduler, cosine_restarts_lr, get_lr
 
 # lr_init 0.1, lr_max 1, lr_end 0, 1 warmup epoch of 2 steps, 3 epochs -> T = 6, W = 2.
 SMALL = dict(lr_init=0.1, lr_end=0.0, lr_max=1.0, warmup_epochs=1, total_epochs=3, steps_per_epoch=2)

@@ -1,11 +1,11 @@
-"""src/mixup.py: v2.MixUp / v2.CutMix seeded by the batch's position, replayed pixel by pixel."""
+"""src/data/mixup.py: v2.MixUp / v2.CutMix seeded by the batch's position, replayed pixel by pixel."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from src.mixup import mix_batch, position_seed
+from src.data.mixup import mix_batch, position_seed
 
 torch.set_num_threads(1)
 

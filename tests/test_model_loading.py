@@ -1,4 +1,4 @@
-"""src/model_loading.py: train.py checkpoints and plain state_dicts load exactly, mismatches name the
+"""src/models/loading.py: train.py checkpoints and plain state_dicts load exactly, mismatches name the
 fix, published weights skip the download when the class count is already wrong, and eval overrides
 keep the resize/crop ratio. Both entry points turn these errors into one ``error:`` line."""
 from __future__ import annotations
@@ -10,13 +10,13 @@ import torch
 
 import eval as eval_entry
 import export as export_entry
-from src.checkpoint import CheckpointError
-from src.model_loading import (
+from src.models.files import CheckpointError
+from src.models.loading import (
     ModelLoadError, apply_eval_overrides, classifier_size, load_published, load_trained, variant_name,
 )
 from src.models import WeightMismatchError, build_model
 from src.models.weights import INCEPTION_MEAN, INCEPTION_STD, default_preprocess
-from src.preprocess import Preprocess
+from src.common.preprocess import Preprocess
 from tests.helpers_data import make_image_folder
 
 NAME = "efficientnet_b0"

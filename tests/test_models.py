@@ -299,7 +299,7 @@ def test_grad_checkpointing_equals_plain_path(name):
 
 
 def test_onnx_export_dynamic_batch_matches_pytorch(tmp_path):
-    from src.export_check import DEFAULT_CHECK_TOLERANCE, compare, float64_reference
+    from src.export.check import DEFAULT_CHECK_TOLERANCE, compare, float64_reference
 
     ort = pytest.importorskip("onnxruntime")
     model = _calibrated(lambda: build_model("efficientnet_b0", num_classes=10), seed=0)

@@ -1,4 +1,4 @@
-"""Tests for src/monitor.py, src/plot.py and src/scalar_logs.py: exact line formats, train.log,
+"""Tests for src/training/monitor.py, src/training/plot.py and src/training/scalar_logs.py: exact line formats, train.log,
 metrics.jsonl, summary.csv, TensorBoard event files, curves.png, and what a resume leaves."""
 
 import csv
@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from src.monitor import (BestTracker, EarlyStopping, TrainMonitor, format_epoch_line, format_lr,
+from src.training.monitor import (BestTracker, EarlyStopping, TrainMonitor, format_epoch_line, format_lr,
                          format_step_line, format_val_line)
-from src.plot import COLORS, PANEL_H, PANEL_W, read_curves, save_curves_png
+from src.training.plot import COLORS, PANEL_H, PANEL_W, read_curves, save_curves_png
 
 STEP_RE = re.compile(r"^epoch: \[ *(\d+)/ *(\d+)\], step:\[ *(\d+)/ *(\d+)\], loss:\[(\d+\.\d{3})/(\d+\.\d{3})\], "
                      r"time:\[\d+\.\d\], lr:\[([0-9.e+-]+)\], img/s:\[\d+\.\d\], data:\[\d+%\]$")

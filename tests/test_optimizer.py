@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from src.config import load_config
-from src.optimizer import RMSpropTF, build_optimizer, param_groups
+from src.training.optimizer import RMSpropTF, build_optimizer, param_groups
 
 ALPHA, EPS, MOMENTUM, WD = 0.9, 1e-3, 0.9, 0.01
 LRS = [0.1, 0.1, 0.05, 0.05, 0.2]  # the LR changes mid-run

@@ -1,4 +1,4 @@
-"""src/preprocess.py: torch-free decoding and eval preprocessing identical to torchvision's."""
+"""src/common/preprocess.py: torch-free decoding and eval preprocessing identical to torchvision's."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from src.preprocess import (
+from src.common.preprocess import (
     ALPHA_BACKGROUND, DatasetError, Preprocess, UnreadableImage, center_crop_box, draft_factor,
     eval_image, is_image_file, list_class_folders, load_rgb, normalize_batch, open_image,
     oriented_size, resize_shorter_side_size, resolve_eval_folder,
@@ -27,7 +27,7 @@ B0 = Preprocess(256, 224, "bicubic", IMAGENET_MEAN, IMAGENET_STD)  # torchvision
 
 
 def test_import_does_not_load_torch():
-    code = ("import sys, src.preprocess; "
+    code = ("import sys, src.common.preprocess; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')); "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

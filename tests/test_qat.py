@@ -21,9 +21,9 @@ from torch import nn
 from torch.ao.quantization import FakeQuantize, disable_fake_quant, disable_observer
 
 from helpers_models import FLOWERS_DIR, assert_spread, calibrate, photo_batch
-from src import qat
+from src.models import qat
 from src.models import build_model, build_pretrained
-from src.qat_onnx import check_qat_structure, export_qat_onnx, relative_error, verify_qat_onnx
+from src.export.qat_onnx import check_qat_structure, export_qat_onnx, relative_error, verify_qat_onnx
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from src.config import load_config
-from src.lr_generator import LRSchedule
-from src.progressive import stage_settings
+from src.training.lr_generator import LRSchedule
+from src.training.progressive import stage_settings
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 V2_S = Path(__file__).resolve().parents[1] / "configs" / "efficientnet_v2_s_imagenet.yaml"

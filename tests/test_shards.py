@@ -1,4 +1,4 @@
-"""src/shards.py: the tar-shard converter, training and evaluation from shards (--dataset wds).
+"""src/data/shards.py: the tar-shard converter, training and evaluation from shards (--dataset wds).
 
 One tiny ImageNet-layout folder (3 classes, odd counts, JPEG and PNG, one broken file) is converted
 once into small shards of uneven sizes; training and eval.py then run from the folder and from the
@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 
 import eval as eval_entry
 import train
-from src.dataset import collate_skip_broken
-from src.preprocess import Preprocess
-from src.shards import (INDEX_FILE, ShardEvalStream, ShardTrainStream, class_names, convert, find_shards,
+from src.data.dataset import collate_skip_broken
+from src.common.preprocess import Preprocess
+from src.data.shards import (INDEX_FILE, ShardEvalStream, ShardTrainStream, class_names, convert, find_shards,
                         index_folder, make_eval_loader, make_train_loader)
-from src.transforms import build_eval_transform, build_train_transform
+from src.data.transforms import build_eval_transform, build_train_transform
 from tests.helpers_data import make_image_folder, write_broken_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_converter_keeps_bytes_counts_skips_and_is_byte_deterministic(image_root
 
 
 def test_converter_refuses_a_folder_with_shards_and_bad_input(image_root, shard_dir, tmp_path, capsys):
-    from src.shards import main
+    from src.data.shards import main
     assert main([str(image_root), str(shard_dir)]) == 2
     assert main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     assert main([str(image_root), str(tmp_path / "out2"), "--shard_size_mb", "0"]) == 2

@@ -1,4 +1,4 @@
-"""train.py and src/trainer.py end to end, plus the loop's helper modules (sampler, amp, progressive).
+"""train.py and src/training/trainer.py end to end, plus the loop's helper modules (sampler, amp, progressive).
 
 Mixup and CutMix are tested in test_mixup.py.
 
@@ -25,13 +25,13 @@ from torch import nn
 
 import train
 from helpers_data import make_image_folder
-from src import trainer
-from src.amp import DynamicScaler, NoScaler, StaticScaler, autocast, build_scaler
+from src.training import trainer
+from src.runtime.amp import DynamicScaler, NoScaler, StaticScaler, autocast, build_scaler
 from src.config import load_config
 from src.models import build_model
 from src.models.effnet import EfficientNet
-from src.progressive import StageSettings, augment_config, set_dropout, stage_settings
-from src.sampler import EpochSampler, SeededDataset, sample_seed
+from src.training.progressive import StageSettings, augment_config, set_dropout, stage_settings
+from src.data.sampler import EpochSampler, SeededDataset, sample_seed
 
 REPO = Path(__file__).resolve().parents[1]
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -80,7 +80,7 @@ def data2(tmp_path_factory) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# src/sampler.py
+# src/data/sampler.py
 # ----------------------------------------------------------------------------------------------
 def test_epoch_sampler_shards_cover_the_epoch_once_and_depend_on_seed_and_epoch_only():
     shards = []
@@ -142,7 +142,7 @@ def test_seeded_dataset_items_depend_only_on_seed_epoch_index_and_keep_main_rng(
 
 
 # ----------------------------------------------------------------------------------------------
-# src/amp.py
+# src/runtime/amp.py
 # ----------------------------------------------------------------------------------------------
 def _param_with_grad(grad: float) -> tuple[nn.Parameter, torch.optim.Optimizer]:
     param = nn.Parameter(torch.tensor([1.0]))
@@ -193,7 +193,7 @@ def test_build_scaler_and_autocast_choices():
 
 
 # ----------------------------------------------------------------------------------------------
-# src/progressive.py
+# src/training/progressive.py
 # ----------------------------------------------------------------------------------------------
 def test_progressive_stage_lookup_and_settings():
     stages = "[{epochs: 2, image_size: 64, dropout: 0.1, randaug_magnitude: 5}, {epochs: 1, image_size: 96, mixup: 0.2}]"
@@ -554,7 +554,7 @@ def test_bf16_autocast_and_fp16_static_scale_train_on_cpu(data2, tmp_path, capsy
 def test_unreadable_training_images_are_skipped_and_counted(tmp_path, capsys):
     from helpers_data import write_broken_file
 
-    from src.dataset import BrokenImageWarning
+    from src.data.dataset import BrokenImageWarning
     data = make_image_folder(tmp_path / "data", classes=2, per_class=6, size=(36, 36), split="both")
     write_broken_file(data / "train" / "class_00" / "zz_garbage.jpg", "garbage")
     write_broken_file(data / "train" / "class_01" / "zz_truncated.jpg", "truncated")

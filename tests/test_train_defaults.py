@@ -17,10 +17,10 @@ import yaml
 import eval as eval_entry
 import train
 from helpers_data import make_image_folder
-from src import trainer
-from src.amp import DynamicScaler, NoScaler, StaticScaler
+from src.training import trainer
+from src.runtime.amp import DynamicScaler, NoScaler, StaticScaler
 from src.models import build_model
-from src.run_dir import RunDirError, check_reuse, delete_run_files
+from src.training.run_dir import RunDirError, check_reuse, delete_run_files
 
 FAST = ["--image_size", "32", "--log_interval", "1"]
 torch.set_num_threads(1)

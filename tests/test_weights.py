@@ -31,7 +31,7 @@ from src.models.weights import (
     imagenet_entry,
     preprocess_for,
 )
-from src.preprocess import Preprocess
+from src.common.preprocess import Preprocess
 
 TORCHVISION_ENTRIES = [w for w in WEIGHTS.values() if w.tag == TORCHVISION_IMAGENET]
 TIMM_ENTRIES = [w for w in WEIGHTS.values() if w.tag == TIMM_TF_IMAGENET]

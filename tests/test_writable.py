@@ -1,12 +1,12 @@
-"""Tests for src/writable.py: the up-front check that an output folder takes files."""
+"""Tests for src/common/writable.py: the up-front check that an output folder takes files."""
 
 import errno
 import os
 
 import pytest
 
-from src import writable
-from src.writable import unwritable_output, why_not_writable
+from src.common import writable
+from src.common.writable import unwritable_output, why_not_writable
 
 
 def test_creates_missing_folders_and_leaves_nothing_behind(tmp_path):

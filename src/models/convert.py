@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.errors import EXIT_BAD_INPUT
+from src.common.errors import EXIT_BAD_INPUT
 
 from .layers import PADDINGS
 from .layouts import WeightMismatchError, import_weights, read_weight_file, save_weights

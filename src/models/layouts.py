@@ -298,7 +298,7 @@ class ImportedWeights:
     layout: str
     padding: str
     bn_eps: float
-    preprocess: dict  # src.preprocess.Preprocess fields
+    preprocess: dict  # src.common.preprocess.Preprocess fields
     source: str  # the file, or the published weights' name, for messages
     notes: list[str] = field(default_factory=list)  # one-line notices for the user
     classes: list[str] | None = None  # class names in output order, when known (fine-tuned weights)

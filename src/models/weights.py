@@ -19,7 +19,7 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..preprocess import Preprocess
+from ..common.preprocess import Preprocess
 from .effnet import BN_EPS_TF, VariantSpec, get_variant
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from src.preprocess import DatasetError
+from src.common.preprocess import DatasetError
 
 SHOWN_CLASSES = 5  # model class names quoted in an error message
 

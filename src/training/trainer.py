@@ -2,7 +2,7 @@
 
 ``run_training(cfg)`` is all train.py calls. The pieces, in the order a run uses them:
 
-1. ``prepare`` (src/preflight.py) - the resume checkpoint's config, the automatic choices, the
+1. ``prepare`` (src/training/preflight.py) - the resume checkpoint's config, the automatic choices, the
    datasets and every input check, before any process group is joined (bad input fails fast on
    every rank).
 2. ``build_run`` - process group, model (pretrained / frozen / SyncBN / EMA / DDP / compile),
@@ -11,7 +11,7 @@
    micro-batches), then validation, checkpoints, best model and early stopping.
 
 Exact resume: the data order and augmentation are functions of (seed, epoch, position)
-(src/sampler.py), the LR a function of the global step (src/lr_generator.py), and everything
+(src/data/sampler.py), the LR a function of the global step (src/training/lr_generator.py), and everything
 else (weights, optimizer, EMA, scaler, RNG of every rank, best metric, early-stopping and
 plateau state) is in the checkpoint, so a run killed at any checkpoint and resumed ends with
 bitwise the same weights as one never interrupted.
@@ -31,28 +31,28 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from src import qat
-from src.amp import NoScaler, autocast, build_scaler
-from src.best import is_improvement
-from src.checkpoint import BEST_TAG, CHECKPOINT_SUFFIX, CheckpointError, CheckpointManager, restore_rng_state, rng_state
+from src.models import qat
+from src.runtime.amp import NoScaler, autocast, build_scaler
+from src.training.best import is_improvement
+from src.models.files import BEST_TAG, CHECKPOINT_SUFFIX, CheckpointError, CheckpointManager, restore_rng_state, rng_state
 from src.config import Config
-from src.dataset import Batch, ShardedEvalSampler, collate_skip_broken, to_device_normalized
-from src.distributed import DistInfo, barrier, init_distributed, is_initialized, seed_everything
-from src.ema import ModelEma
-from src.evaluate import evaluate
-from src.host_memory import reuse_freed_memory_if_requested
-from src.loss import build_loss
-from src.lr_generator import LRSchedule
-from src.mixup import mix_batch
+from src.data.dataset import Batch, ShardedEvalSampler, collate_skip_broken, to_device_normalized
+from src.runtime.distributed import DistInfo, barrier, init_distributed, is_initialized, seed_everything
+from src.training.ema import ModelEma
+from src.evaluation.metrics import evaluate
+from src.runtime.host_memory import reuse_freed_memory_if_requested
+from src.training.loss import build_loss
+from src.training.lr_generator import LRSchedule
+from src.data.mixup import mix_batch
 from src.models import NETWORK_STRIDE, get_variant
-from src.monitor import EarlyStopping, TrainMonitor, format_lr
-from src.network import build_network, channels_last, wrap_model
-from src.optimizer import build_optimizer
-from src.preflight import DataBundle, TrainInputError, announce, plan_epoch, prepare, stage_resize
-from src.qat import QAT_KEY
-from src.progressive import StageSettings, augment_config, set_dropout, stage_settings
-from src.sampler import EpochSampler, SeededDataset
-from src.transforms import build_train_transform
+from src.training.monitor import EarlyStopping, TrainMonitor, format_lr
+from src.training.network import build_network, channels_last, wrap_model
+from src.training.optimizer import build_optimizer
+from src.training.preflight import DataBundle, TrainInputError, announce, plan_epoch, prepare, stage_resize
+from src.models.qat import QAT_KEY
+from src.training.progressive import StageSettings, augment_config, set_dropout, stage_settings
+from src.data.sampler import EpochSampler, SeededDataset
+from src.data.transforms import build_train_transform
 
 EMPTY_BATCH_STAND_IN = 2  # images in the zero-weight batch a rank runs when all its images were unreadable
 
@@ -225,7 +225,7 @@ def make_train_loader(run: Run, stage: StageSettings) -> DataLoader:
                                       eval_resize=stage_resize(stage.image_size, run.data.preprocess))
     run.data.train.transform = transform  # type: ignore[attr-defined]
     if run.cfg.dataset == "wds":  # a stream of tar shards: it follows the sampler's epoch plan itself
-        from src.shards import make_train_loader as make_shard_train_loader
+        from src.data.shards import make_train_loader as make_shard_train_loader
         return make_shard_train_loader(run.data.train, run.loaders.sampler, **_loader_kwargs(run))  # type: ignore[arg-type]
     return DataLoader(SeededDataset(run.data.train, run.cfg.seed), batch_size=run.cfg.batch_size,
                       sampler=run.loaders.sampler, drop_last=False, **_loader_kwargs(run))
@@ -236,7 +236,7 @@ def make_val_loader(run: Run) -> DataLoader | None:
         return None
     val = run.data.val
     if run.cfg.dataset == "wds":  # each shard's samples on one rank, no padding
-        from src.shards import make_eval_loader as make_shard_eval_loader
+        from src.data.shards import make_eval_loader as make_shard_eval_loader
         return make_shard_eval_loader(val, run.info.rank, run.info.world_size,  # type: ignore[arg-type]
                                       run.cfg.eval_batch_size or run.cfg.batch_size, **_loader_kwargs(run))
     sampler = ShardedEvalSampler(len(val), run.info.rank, run.info.world_size)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ The quantization scheme is onnxruntime's fast U8S8 one, which its QDQ int8 kerne
 
 ``fold_for_export(qat_model)`` freezes the observers and replaces each fused conv+BN QAT module
 by a plain convolution holding the BN-folded weight already on its int8 grid (and returns each
-grid): the numbers the QAT model computes in eval mode, in the layout src/qat_onnx.py writes as
+grid): the numbers the QAT model computes in eval mode, in the layout src/export/qat_onnx.py writes as
 int8 initializers + DequantizeLinear, which onnxruntime fuses into integer kernels. The
 activation quantizers stay; the TorchScript ONNX exporter writes each as a QuantizeLinear/
 DequantizeLinear pair.

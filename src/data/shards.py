@@ -8,12 +8,12 @@ class index as decimal text) make one sample.
 
 Convert an ImageNet-layout folder (IMAGE_ROOT/train/<class>/*, IMAGE_ROOT/val/<class>/*)::
 
-    python -m src.shards IMAGE_ROOT OUT_DIR [--shard_size_mb 256] [--workers 8]
+    python -m src.data.shards IMAGE_ROOT OUT_DIR [--shard_size_mb 256] [--workers 8]
 
 This writes OUT_DIR/train-000000.tar ..., OUT_DIR/val-000000.tar ... and OUT_DIR/shards.json (class
 names in order, samples per shard, skipped files). Images keep their bytes (a PNG stays ``.png``),
 so training and evaluation decode exactly the pixels the folder gives. Unreadable files (the
-project's checks: full decode, src.preprocess.MAX_IMAGE_PIXELS) are skipped and listed. The same
+project's checks: full decode, src.common.preprocess.MAX_IMAGE_PIXELS) are skipped and listed. The same
 input gives byte-identical shards: the training split is shuffled once with a fixed seed (shards
 hold a mix of classes), the val split keeps the folder order, and every tar header is fixed.
 
@@ -22,7 +22,7 @@ and val-*.tar, eval.py val-*.tar; the hub's ``*-train-*.tar`` / ``*-validation-*
 index file (shards.json, or the hub's _info.json), or a shard pattern such as
 ``DIR/train-{000000..000127}.tar`` or ``pipe:curl -s URL/train-{0000..1023}.tar``, opened by
 webdataset. Sample counts come from the index; without one, local shards are counted by reading
-them (``python -m src.shards --index DIR`` does that once and writes DIR/shards.json).
+them (``python -m src.data.shards --index DIR`` does that once and writes DIR/shards.json).
 
 Training (`ShardTrainStream`): per epoch the shards are shuffled from (seed, epoch) and dealt out
 so every (rank, loader worker) reads its own; each worker shuffles through a seeded buffer and
@@ -58,9 +58,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from src.dataset import BrokenImageWarning
-from src.preprocess import DatasetError, UnreadableImage, list_class_folders, load_rgb
-from src.sampler import sample_seed
+from src.data.dataset import BrokenImageWarning
+from src.common.preprocess import DatasetError, UnreadableImage, list_class_folders, load_rgb
+from src.data.sampler import sample_seed
 
 __all__ = ["DEFAULT_SHARD_MB", "INDEX_FILE", "ShardEvalStream", "ShardSet", "ShardTrainStream",
            "class_names", "convert", "find_shards", "index_folder", "main", "make_eval_loader", "make_train_loader",
@@ -260,7 +260,7 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError) as e:
         raise DatasetError(f"cannot read shard index {path}: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("splits"), dict):
-        raise DatasetError(f"{path} is not a shard index (no 'splits'); write one with python -m src.shards")
+        raise DatasetError(f"{path} is not a shard index (no 'splits'); write one with python -m src.data.shards")
     return data
 
 
@@ -357,7 +357,7 @@ def find_shards(path: str, split: str) -> ShardSet | None:
         if not files:
             return None
         warnings.warn(f"{p} has no index: counting the samples of {len(files)} shards by reading them "
-                      f"(python -m src.shards --index {p} writes one)", stacklevel=2)
+                      f"(python -m src.data.shards --index {p} writes one)", stacklevel=2)
         return _count_by_reading(files, str(p))
     if _is_local(path) and "{" not in path and not path.endswith(".tar"):
         raise DatasetError(f"dataset path does not exist: {p}; give a folder of shards, an index file or a "
@@ -418,7 +418,7 @@ def _raw_samples(url: str) -> Iterator[dict]:
 @contextlib.contextmanager
 def _seeded(seed: int, in_worker: bool) -> Iterator[None]:
     """Seed torch's, python's and numpy's generators (the transforms draw from them, as
-    src.sampler.SeededDataset does); in the main process restore them afterwards."""
+    src.data.sampler.SeededDataset does); in the main process restore them afterwards."""
     saved = None if in_worker else (torch.get_rng_state(), random.getstate(), np.random.get_state())
     torch.default_generator.manual_seed(seed)
     random.seed(seed)
@@ -477,7 +477,7 @@ def _worker() -> tuple[int, int]:
 class ShardTrainStream(IterableDataset):
     """Training samples from shards; ``len()`` is the index's sample count (one epoch's worth).
 
-    The epoch, batch plan and rank come from ``plan`` (the trainer's `src.sampler.EpochSampler`:
+    The epoch, batch plan and rank come from ``plan`` (the trainer's `src.data.sampler.EpochSampler`:
     epoch, start_batch, num_batches, batch_size, rank, world_size), read when a loader starts
     its workers (`make_train_loader` keeps them non-persistent for that reason).
     """
@@ -567,7 +567,7 @@ def shard_splits(path: str, train_transform: Transform, eval_transform: Transfor
     """train.py's (train, val or None, classes) from --dataset_path (see module doc)."""
     train = find_shards(path, "train")
     if train is None or not train.urls:
-        raise DatasetError(f"no training shards in {path}: expected train-*.tar (python -m src.shards IMAGE_ROOT "
+        raise DatasetError(f"no training shards in {path}: expected train-*.tar (python -m src.data.shards IMAGE_ROOT "
                            f"{path}), an index file or a shard pattern")
     if train.total < 1:
         raise DatasetError(f"the training shards of {train.where} hold no samples")
@@ -614,7 +614,7 @@ def make_eval_loader(dataset: ShardEvalStream, rank: int, world: int, batch_size
 # Command line
 # --------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.shards", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m src.data.shards", description=__doc__.split("\n\n")[0])
     parser.add_argument("image_root", help="IMAGE_ROOT/train/<class>/* and IMAGE_ROOT/val/<class>/*")
     parser.add_argument("out_dir", nargs="?", help="folder for train-NNNNNN.tar, val-NNNNNN.tar and shards.json")
     parser.add_argument("--index", action="store_true",
@@ -629,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             index_folder(args.image_root)
             return 0
         if args.out_dir is None:
-            raise DatasetError("OUT_DIR is missing: python -m src.shards IMAGE_ROOT OUT_DIR")
+            raise DatasetError("OUT_DIR is missing: python -m src.data.shards IMAGE_ROOT OUT_DIR")
         convert(args.image_root, args.out_dir, args.shard_size_mb, max(1, args.workers))
     except (DatasetError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

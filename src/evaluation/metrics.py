@@ -22,9 +22,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from src.amp import AMP_DTYPES, autocast
-from src.dataset import to_device_normalized
-from src.distributed import all_reduce_sum, is_initialized
+from src.runtime.amp import AMP_DTYPES, autocast
+from src.data.dataset import to_device_normalized
+from src.runtime.distributed import all_reduce_sum, is_initialized
 
 __all__ = ["TOP_K", "WORST_CLASSES", "EvalResult", "evaluate", "format_result_line",
            "format_summary", "write_confusion_csv"]
@@ -124,7 +124,7 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def _unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """A `src.dataset.Batch` (images, labels, broken) or a plain (images, labels) pair."""
+    """A `src.data.dataset.Batch` (images, labels, broken) or a plain (images, labels) pair."""
     if hasattr(batch, "images"):
         return batch.images, batch.labels, list(batch.broken)
     images, labels = batch[0], batch[1]
@@ -168,7 +168,7 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
              amp: str = "none") -> EvalResult:
     """Score every batch ``loader`` yields and return global sums (reduced over ranks).
 
-    ``loader`` yields uint8 NCHW images with int64 labels (`src.dataset.Batch` from
+    ``loader`` yields uint8 NCHW images with int64 labels (`src.data.dataset.Batch` from
     `collate_skip_broken`, or ``(images, labels)``); normalisation with ``mean``/``std`` happens on
     ``device``. The loss is plain cross-entropy unless ``criterion`` is given (per-sample or
     batch-mean output). Top-k uses k = min(5, num_classes). Under torchrun every rank must call

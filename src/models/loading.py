@@ -1,7 +1,7 @@
 """Turn a weight file or torchvision's published weights into a ready EfficientNet, and apply a
 config's eval preprocessing overrides.
 
-eval.py and src/onnx_export.py both load through here, so one file gives the same model, class
+eval.py and src/export/onnx_export.py both load through here, so one file gives the same model, class
 names and preprocessing whether it is scored or exported. Sources:
 
 * a train.py checkpoint: self-describing (model name, class names, eval preprocessing);
@@ -19,15 +19,15 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from src import qat
-from src.checkpoint import extract_state_dict, load_checkpoint
-from src.errors import ModelLoadError
+from src.models import qat
+from src.models.files import extract_state_dict, load_checkpoint
+from src.common.errors import ModelLoadError
 from src.models import (ImportedWeights, WeightsNotInstalled, build_model, check_fits, get_variant, import_weights,
                         load_pretrained)
 from src.models.pretrained import PRETRAINED_TAG, imagenet_weights, pretrained_url
 from src.models.weights import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, has_torchvision_weights
-from src.preprocess import Preprocess
-from src.qat import QAT_KEY
+from src.common.preprocess import Preprocess
+from src.models.qat import QAT_KEY
 
 CLASSIFIER_WEIGHT = "classifier.1.weight"  # its rows are the class count of a state_dict
 IMAGENET = "imagenet"  # the --pretrained value naming torchvision's published weights

@@ -1,5 +1,5 @@
 """What eval.py tells the user (rank 0): what is about to be scored, the result lines, and the
---output_json / --confusion_csv files. The metrics themselves come from src.evaluate."""
+--output_json / --confusion_csv files. The metrics themselves come from src.evaluation.metrics."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from src.class_mapping import ClassMapping
-from src.distributed import DistInfo
-from src.evaluate import EvalResult, format_result_line, format_summary, write_confusion_csv
-from src.model_loading import LoadedModel
-from src.preprocess import Preprocess
+from src.common.class_mapping import ClassMapping
+from src.runtime.distributed import DistInfo
+from src.evaluation.metrics import EvalResult, format_result_line, format_summary, write_confusion_csv
+from src.models.loading import LoadedModel
+from src.common.preprocess import Preprocess
 
 SHOWN_BROKEN = 3  # unreadable images named in the closing warning
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from src.best import check_mode, is_improvement
+from src.training.best import check_mode, is_improvement
 
 # 'steps' mode: multiply by STEP_DECAY_FACTOR at these fractions of all training steps.
 STEP_MILESTONES = (0.3, 0.6, 0.8)

@@ -17,9 +17,9 @@ import os
 import time
 from pathlib import Path
 
-from src.checkpoint import CHECKPOINT_SUFFIX
-from src.monitor import CURVES_FILE, LOG_FILE, METRICS_FILE
-from src.scalar_logs import EVENTS_GLOB, SUMMARY_FILE
+from src.models.files import CHECKPOINT_SUFFIX
+from src.training.monitor import CURVES_FILE, LOG_FILE, METRICS_FILE
+from src.training.scalar_logs import EVENTS_GLOB, SUMMARY_FILE
 
 CONFIG_FILE = "config.yaml"
 RUN_FILES = (METRICS_FILE, LOG_FILE, CURVES_FILE, CONFIG_FILE, SUMMARY_FILE)  # besides checkpoints and events

@@ -1,7 +1,7 @@
 """The images eval.py scores: which data set --dataset_path holds, its classes as the model's, its loader.
 
 A dataset root (its val/) or any folder of class folders, a CIFAR-10/100 folder (its test batch), or
-tar shards (val-*.tar). Classes map to model outputs by src.class_mapping, the rule the ONNX runner
+tar shards (val-*.tar). Classes map to model outputs by src.common.class_mapping, the rule the ONNX runner
 uses too, so both score the same image as the same class.
 """
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from src.class_mapping import ClassMapping, map_classes
-from src.dataset import (ArrayImageDataset, ImageFolderDataset, ShardedEvalSampler, collate_skip_broken, detect_cifar,
+from src.common.class_mapping import ClassMapping, map_classes
+from src.data.dataset import (ArrayImageDataset, ImageFolderDataset, ShardedEvalSampler, collate_skip_broken, detect_cifar,
                          load_cifar_split)
-from src.distributed import DistInfo
-from src.model_loading import LoadedModel
-from src.preprocess import DatasetError, Preprocess, list_class_folders, resolve_eval_folder
-from src.transforms import build_eval_transform
+from src.runtime.distributed import DistInfo
+from src.models.loading import LoadedModel
+from src.common.preprocess import DatasetError, Preprocess, list_class_folders, resolve_eval_folder
+from src.data.transforms import build_eval_transform
 
 EVAL_DATASET_KINDS = ("auto", "folder", "cifar10", "cifar100", "wds")
 
@@ -37,7 +37,7 @@ class EvalData:
     where: str
     images: np.ndarray | None = None
     name: str = "folder"
-    shards: Any = None  # src.shards.ShardSet for --dataset wds (samples then stay empty)
+    shards: Any = None  # src.data.shards.ShardSet for --dataset wds (samples then stay empty)
 
     def class_word(self, plural: bool = False) -> str:
         """What a class is in this data set, for messages: 'class folder(s)' or 'cifar10 class(es)'."""
@@ -84,16 +84,16 @@ def read_eval_data(dataset_path: str, kind: str = "auto") -> EvalData:
 
 def _read_shards(dataset_path: str) -> EvalData:
     """val shards; shards without class names (the hub's) score their labels as the model's indices."""
-    from src.shards import find_shards  # webdataset is needed only for shards
+    from src.data.shards import find_shards  # webdataset is needed only for shards
     shards = find_shards(dataset_path, "val")
     if shards is None or not shards.urls:
         raise DatasetError(f"no validation shards in {dataset_path}: expected val-*.tar, an index file or a "
-                           "shard pattern (python -m src.shards IMAGE_ROOT OUT_DIR writes them)")
+                           "shard pattern (python -m src.data.shards IMAGE_ROOT OUT_DIR writes them)")
     return EvalData([], list(shards.classes or []), shards.where, name="wds", shards=shards)
 
 
 def map_to_model(data: EvalData, loaded: LoadedModel) -> ClassMapping:
-    """The data set's classes as the model's outputs (src.class_mapping's rule)."""
+    """The data set's classes as the model's outputs (src.common.class_mapping's rule)."""
     return map_classes(data.classes, loaded.classes, loaded.num_classes, data.where, data.class_word(),
                        data.class_word(plural=True), owner="checkpoint")
 
@@ -104,7 +104,7 @@ def build_loader(data: EvalData, mapping: ClassMapping, pre: Preprocess, batch_s
     transform = build_eval_transform(pre)
     pin_memory = info.device.type == "cuda"
     if data.shards is not None:
-        from src.shards import ShardEvalStream, make_eval_loader
+        from src.data.shards import ShardEvalStream, make_eval_loader
         label_map = mapping.model_index if data.classes else None  # no names: labels are model indices
         stream = ShardEvalStream(data.shards, mapping.names, transform, label_map)
         return make_eval_loader(stream, info.rank, info.world_size, batch_size, num_workers=num_workers,

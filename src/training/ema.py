@@ -11,7 +11,7 @@ import copy
 import torch
 from torch import nn
 
-from src.distributed import unwrap_model
+from src.runtime.distributed import unwrap_model
 
 # Warmup (1 + n) / (10 + n): early updates follow the model closely instead of averaging in the
 # random initialisation for thousands of steps (TensorFlow's ExponentialMovingAverage num_updates).

@@ -11,12 +11,12 @@ from infer.quantize import compare_accuracy, quantize_int8
 from infer.triton_repo import write_triton_repo
 from src.models import ImportedWeights
 from src.models.layouts import save_weights
-from src.qat_onnx import write_bias_corrected_int8
-from src.onnx_export import ExportError, ExportResult, ExportSource, benchmark, check_opset, output_path
-from src.writable import why_not_writable
+from src.export.qat_onnx import write_bias_corrected_int8
+from src.export.onnx_export import ExportError, ExportResult, ExportSource, benchmark, check_opset, output_path
+from src.common.writable import why_not_writable
 
 INT8_SUFFIX = "_int8"
-BIAS_CORRECTED = "bias_corrected"  # --calib_method on PyTorch's side (src/qat.py), not onnxruntime's
+BIAS_CORRECTED = "bias_corrected"  # --calib_method on PyTorch's side (src/models/qat.py), not onnxruntime's
 BENCH_BATCHES = (1, 32)
 WEIGHT_FORMATS = {"SAFETENSORS": ".safetensors"}  # weights + metadata only (no graph), written by src.models.layouts
 POSITIVE_INT_FLAGS = ("width", "height", "batch_size", "calib_images", "bench_threads", "triton_max_batch")

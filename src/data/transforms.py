@@ -1,7 +1,7 @@
 """Training augmentation and the eval transform, producing uint8 CHW tensors.
 
 Workers only decode, crop and augment; conversion to float and normalisation happen on the
-device (`src.dataset.to_device_normalized`), which keeps worker CPU and host->device bytes low.
+device (`src.data.dataset.to_device_normalized`), which keeps worker CPU and host->device bytes low.
 
 The training chain is a `torchvision.transforms.v2.Compose` on uint8 tensors, as torchvision
 recommends for speed: RandomResizedCrop (antialiased), RandomHorizontalFlip, the policies,
@@ -43,7 +43,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-from src.preprocess import (
+from src.common.preprocess import (
     INTERPOLATIONS, Preprocess, apply_draft, decode_rgb, draft_factor, eval_image, load_rgb,
     open_image, oriented_size, resize_center_crop, to_rgb,
 )
@@ -251,7 +251,7 @@ def build_train_transform(cfg: Any, image_size: int, interpolation: str,
     eval_resize: shorter-side size for the 'none' strength (default image_size, no crop loss).
     The crop and flip run on the uint8 tensor, policies on a Pillow image (Pillow kernels),
     random erasing on the tensor again. Every random draw comes from torch's global generator,
-    which the loaders seed per sample (src.sampler.SeededDataset): a resumed run replays it.
+    which the loaders seed per sample (src.data.sampler.SeededDataset): a resumed run replays it.
     """
     aug = resolve_augment(cfg)
     if interpolation not in INTERPOLATIONS:

@@ -7,7 +7,7 @@ model, so the graph holds only Conv / Sigmoid / Mul / Add / pooling / Gemm. SiLU
 
 Every file is checked twice: ``onnx.checker`` (structure, before writing) and onnxruntime on the
 written file against PyTorch in float64 on a few synthetic photos through the model's eval
-preprocessing, allowing a multiple of PyTorch's own float32 error (numerics, ``src.export_check``).
+preprocessing, allowing a multiple of PyTorch's own float32 error (numerics, ``src.export.check``).
 The file is written under a temporary name and moved into place only when both checks pass.
 The preprocessing, class names and model name are stored in ``metadata_props`` (keys in
 ``infer.metadata``) so the runner needs nothing else.
@@ -36,14 +36,14 @@ from torch import nn
 from infer.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata
 from infer.session import create_session, physical_cores, session_options
 from src.config import read_yaml
-from src.export_check import (
+from src.export.check import (
     DEFAULT_CHECK_TOLERANCE, CheckFailed, CheckResult, Reference, compare, float64_reference, verification_batch,
 )
-from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_published, load_trained
+from src.models.loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_published, load_trained
 from src.models import NETWORK_STRIDE, default_preprocess, load_pretrained
 from src.models.weights import imagenet_class_names
-from src.qat import QAT_OPSET, is_qat_model
-from src.preprocess import Preprocess
+from src.models.qat import QAT_OPSET, is_qat_model
+from src.common.preprocess import Preprocess
 
 DEFAULT_OPSET = 17
 VERIFY_BATCH = 2  # a dynamic-batch model is traced at batch 2 and checked at batch VERIFY_IMAGES
@@ -520,7 +520,7 @@ def export_source(
 def _export_qat(source: ExportSource, file_name: str, file_format: str, size: int, batch_size: int | None,
                 fp16: bool, pre: Preprocess, announce: Announce) -> ExportResult:
     """A quantization-aware trained checkpoint: its int8 QDQ file, checked against the trained quantization."""
-    from src.qat_onnx import check_qat_structure, compare_qat, export_qat_onnx  # imports this module
+    from src.export.qat_onnx import check_qat_structure, compare_qat, export_qat_onnx  # imports this module
 
     trained = source.model.qat_image_size
     if file_format != "ONNX" or fp16:

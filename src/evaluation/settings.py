@@ -14,11 +14,11 @@ from typing import Any
 import torch
 
 from src.config import Config, read_yaml
-from src.distributed import is_main_launch
-from src.model_loading import LoadedModel, apply_eval_overrides, load_published, load_trained, use_ema_flag
+from src.runtime.distributed import is_main_launch
+from src.models.loading import LoadedModel, apply_eval_overrides, load_published, load_trained, use_ema_flag
 from src.models import default_preprocess
-from src.preprocess import MAX_IMAGE_SIZE, Preprocess
-from src.writable import unwritable_output
+from src.common.preprocess import MAX_IMAGE_SIZE, Preprocess
+from src.common.writable import unwritable_output
 
 DEFAULT_BATCH_SIZE = 64
 MAX_DEFAULT_WORKERS = 8
@@ -96,7 +96,7 @@ def merge_settings(args: argparse.Namespace) -> Settings:
 
 
 def load_model(s: Settings) -> LoadedModel:
-    """--checkpoint_path (train.py checkpoint or plain state_dict) or --pretrained, via src.model_loading;
+    """--checkpoint_path (train.py checkpoint or plain state_dict) or --pretrained, via src.models.loading;
     only the first process of a launch shows download progress."""
     if s.checkpoint_path:
         return load_trained(s.checkpoint_path, s.model, s.use_ema, s.model_origin, s.class_num, s.args.padding)

@@ -174,7 +174,7 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     if width * height > MAX_IMAGE_PIXELS:
         img.close()
         raise UnreadableImage(path, f"{width} x {height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} "
-                                    "(src.preprocess.MAX_IMAGE_PIXELS; a decompression bomb?)")
+                                    "(src.common.preprocess.MAX_IMAGE_PIXELS; a decompression bomb?)")
     return img
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from src.distributed import NUMPY_SEED_MODULUS
+from src.runtime.distributed import NUMPY_SEED_MODULUS
 
 SEED_MASK = (1 << 63) - 1  # torch seeds are 64-bit; keep them non-negative
 # Odd 64-bit multipliers (splitmix64 constants) spread (seed, epoch, index) over the seed space.

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from src.best import check_mode, is_improvement
-from src.plot import MATPLOTLIB_NOTE, save_curves_png
-from src.scalar_logs import SUMMARY_FILE, TENSORBOARD_NOTE, SummaryCsv, open_tensorboard, scalars
+from src.training.best import check_mode, is_improvement
+from src.training.plot import MATPLOTLIB_NOTE, save_curves_png
+from src.training.scalar_logs import SUMMARY_FILE, TENSORBOARD_NOTE, SummaryCsv, open_tensorboard, scalars
 
 LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"

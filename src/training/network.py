@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.checkpoint import CheckpointError, load_checkpoint
+from src.models.files import CheckpointError, load_checkpoint
 from src.config import Config
-from src.distributed import DistInfo
-from src import qat
+from src.runtime.distributed import DistInfo
+from src.models import qat
 from src.models import WeightsNotInstalled, build_model, get_variant, load_weights, resolve_weights
-from src.preflight import TrainInputError
+from src.training.preflight import TrainInputError
 
 
 def build_network(cfg: Config, num_classes: int, info: DistInfo, resuming: bool) -> nn.Module:

@@ -10,7 +10,7 @@ Layouts accepted by `build_datasets` (cfg.dataset_path):
   root/train/<class>/* only, or root/<class>/*  split by cfg.val_split (stratified, seeded)
   CIFAR-10/100 python-format files               root/cifar-10-batches-py/ or root/cifar-100-python/
   WebDataset tar shards (dataset 'wds')          a folder of train-*.tar / val-*.tar, an index, a pattern
-                                                 (src/shards.py)
+                                                 (src/data/shards.py)
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from src.preprocess import DatasetError, UnreadableImage, list_class_folders
+from src.common.preprocess import DatasetError, UnreadableImage, list_class_folders
 
 __all__ = [
     "CIFAR_SOURCES", "ArrayImageDataset", "Batch", "BrokenImageWarning", "CifarSource",
@@ -214,7 +214,7 @@ def build_datasets(cfg: Any, train_transform: Transform, eval_transform: Transfo
 
 
 def _shard_splits(path: str, cfg: Any, train_transform: Transform, eval_transform: Transform) -> DataSplits:
-    from src.shards import shard_splits  # webdataset is needed only for shards
+    from src.data.shards import shard_splits  # webdataset is needed only for shards
     if float(_cfg(cfg, "val_split", 0.0)) > 0:
         raise DatasetError("val_split holds out images of a folder; shards bring their own val split "
                            "(convert IMAGE_ROOT/val too), so drop --val_split with --dataset wds")

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from src.preprocess import Preprocess, eval_image, normalize_batch
+from src.common.preprocess import Preprocess, eval_image, normalize_batch
 
 # k: how many times PyTorch's own float32 error the export may be off by. Two honest float32
 # implementations differ from float64 by errors of the same order (summation order, BatchNorm
