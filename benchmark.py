@@ -13,7 +13,7 @@ from bench import model as model_mode
 from bench import onnx_bench as onnx_mode
 from bench import train_bench as train_mode
 from bench.common import check_args, write_json
-from src.common.errors import EXIT_BAD_INPUT
+from src.common.errors import EXIT_FAILED, InputError, report_error
 
 MODES = {
     "model": (model_mode, "train-step and inference images/s: ours vs torchvision/timm"),
@@ -23,8 +23,6 @@ MODES = {
     "train": (train_mode, "end-to-end train.py images/s vs a plain PyTorch loop"),
 }
 
-
-EXIT_FAILED = 1
 
 
 def set_allocator(choice: str | None) -> None:
@@ -56,12 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         payload = module.run(args)
         module.print_report(payload)
         write_json(args.json, payload)
-    except ValueError as exc:  # bad options or input: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except InputError as exc:  # bad options or input: one line, no traceback
+        return report_error(exc)
     except RuntimeError as exc:  # a measured child process (train.py, memory) failed; the line says why
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return report_error(exc, EXIT_FAILED)
     return 0
 
 

@@ -20,23 +20,20 @@ from typing import Sequence
 
 import torch
 
+from src.common.errors import (EXIT_FAILED, EXIT_INTERRUPTED, InputError, OneLineParser,
+                               one_line_broken_image_warnings, report_error)
 from src.runtime.amp import AMP_DTYPES
-from src.models.files import CheckpointError
-from src.config import ConfigError
-from src.data.dataset import one_line_broken_image_warnings
-from src.runtime.distributed import DistributedError, cleanup, init_distributed, is_main_launch
-from src.common.errors import EXIT_BAD_INPUT, OneLineParser
+from src.runtime.distributed import cleanup, init_distributed
 from src.evaluation.data import EVAL_DATASET_KINDS, build_loader, map_to_model, read_eval_data
 from src.evaluation.settings import (DEFAULT_BATCH_SIZE, EvalInputError, check_output_files, eval_preprocess, load_model,
                                merge_settings)
 from src.evaluation.report import print_report, save_reports, start_lines
 from src.evaluation.metrics import evaluate
 from src.runtime.host_memory import reuse_freed_memory_if_requested
-from src.models.loading import IMAGENET, ModelLoadError, add_use_ema_argument
-from src.models import PADDINGS, WeightMismatchError
+from src.models.loading import IMAGENET, add_use_ema_argument
+from src.models import PADDINGS
 from src.common.preprocess import INTERPOLATIONS, DatasetError
 
-EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,14 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     one_line_broken_image_warnings()
     try:
         return run(argv)
-    except (EvalInputError, ModelLoadError, CheckpointError, DatasetError, WeightMismatchError, ConfigError,
-            DistributedError, OSError) as exc:
-        rank = "" if is_main_launch() else f"[rank {os.environ.get('RANK')}] "
-        print(f"error: {rank}{exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except InputError as exc:
+        return report_error(exc, rank=os.environ.get("RANK"))
+    except OSError as exc:  # a file system that failed under a check that passed (a lost mount, a full disk)
+        return report_error(exc, EXIT_FAILED, rank=os.environ.get("RANK"))
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return report_error("interrupted", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,17 @@ pass. Bad input ends with one ``error: ...`` line and exit status 2.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from infer.quantize import CALIB_METHODS, DEFAULT_CALIB_IMAGES, QuantizeError
+from infer.quantize import CALIB_METHODS, DEFAULT_CALIB_IMAGES
 from infer.triton_repo import DEFAULT_MAX_BATCH_SIZE
-from src.models.files import CheckpointError
-from src.config import ConfigError
-from src.common.errors import EXIT_BAD_INPUT, OneLineParser
+from src.common.errors import EXIT_FAILED, InputError, OneLineParser, report_error
 from src.export.check import DEFAULT_CHECK_TOLERANCE
 from src.export.steps import (BENCH_BATCHES, BIAS_CORRECTED, INT8_SUFFIX, WEIGHT_FORMATS, check_args, print_benchmark, write_int8,
                               write_triton, write_weight_file)
 from src.models.loading import add_use_ema_argument, use_ema_flag
-from src.export.onnx_export import DEFAULT_OPSET, FORMATS, ExportError, export_source, load_source
+from src.export.onnx_export import DEFAULT_OPSET, FORMATS, export_source, load_source
 
 def _format(text: str) -> str:
     value = text.upper()
@@ -112,9 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ExportError, QuantizeError, CheckpointError, ConfigError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except InputError as exc:
+        return report_error(exc)
+    except OSError as exc:  # a file system that failed under a check that passed (a lost mount, a full disk)
+        return report_error(exc, EXIT_FAILED)
     return 0
 
 

@@ -19,29 +19,14 @@ import errno
 import sys
 from typing import Sequence
 
-from src.models.files import CheckpointError, CheckpointWriteError
-from src.config import ConfigError, load_config
-from src.data.dataset import one_line_broken_image_warnings
-from src.runtime.distributed import DistributedError
-from src.models import WeightMismatchError
-from src.common.preprocess import DatasetError
-from src.training.preflight import TrainInputError, check_inputs
+from src.common.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY, InputError,
+                               one_line_broken_image_warnings, report_error)
+from src.config import load_config
+from src.models.files import CheckpointWriteError
+from src.training.preflight import check_inputs
 from src.training.trainer import NonFiniteLossError, TrainOutOfMemory, run_training
-from src.common.errors import EXIT_BAD_INPUT
 
-EXIT_TRAINING_FAILED = 1
-EXIT_OUT_OF_MEMORY = 3
-EXIT_INTERRUPTED = 130
-BAD_INPUT_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainInputError, WeightMismatchError,
-                    DistributedError, FileNotFoundError)
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def _error(message: object, status: int) -> int:
-    """One line on stderr: multi-line exception texts are joined so scripts can grep them."""
-    text = " ".join(str(message).split())
-    print(f"error: {text}", file=sys.stderr, flush=True)
-    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,19 +39,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(check_inputs(load_config(args)), flush=True)
             return 0
         run_training(load_config(args))
-    except BAD_INPUT_ERRORS as exc:
-        return _error(exc, EXIT_BAD_INPUT)
+    except InputError as exc:
+        return report_error(exc)
     except (NonFiniteLossError, CheckpointWriteError) as exc:
-        return _error(exc, EXIT_TRAINING_FAILED)
+        return report_error(exc, EXIT_FAILED)
     except TrainOutOfMemory as exc:
-        return _error(exc, EXIT_OUT_OF_MEMORY)
+        return report_error(exc, EXIT_OUT_OF_MEMORY)
     except KeyboardInterrupt:
-        return _error("interrupted; resume with --resume <the last checkpoint>", EXIT_INTERRUPTED)
+        return report_error("interrupted; resume with --resume <the last checkpoint>", EXIT_INTERRUPTED)
     except OSError as exc:  # e.g. the log or metrics file on a full disk
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
-        return _error(f"could not write {exc.filename or 'a file'} ({exc.strerror}): free disk space, then resume "
-                      "with --resume <the last checkpoint>", EXIT_TRAINING_FAILED)
+        return report_error(f"could not write {exc.filename or 'a file'} ({exc.strerror}): free disk space, then "
+                            "resume with --resume <the last checkpoint>", EXIT_FAILED)
     return 0
 
 

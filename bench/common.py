@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from src.common.errors import InputError
 from src.models import NETWORK_STRIDE
 from src.common.writable import unwritable_output, why_not_writable
 
@@ -138,15 +139,15 @@ def check_args(args, minimums: dict[str, int]) -> None:
         if any(v is not None and v < low for v in values):
             bad.append(f"--{name} must be >= {low}, got {value}")
     if bad:
-        raise ValueError("; ".join(bad))
+        raise InputError("; ".join(bad))
     for name in ("data_dir", "save_dir"):  # folders a mode writes into
         folder = getattr(args, name, None)
         reason = why_not_writable(folder) if folder else None
         if reason is not None:
-            raise ValueError(f"--{name} {folder}: cannot write there ({reason}); choose a writable folder")
+            raise InputError(f"--{name} {folder}: cannot write there ({reason}); choose a writable folder")
     complaint = unwritable_output("--json", args.json) if args.json else None
     if complaint is not None:
-        raise ValueError(complaint)
+        raise InputError(complaint)
 
 
 def write_json(path: str | None, payload: dict) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from src.common.errors import InputError
 from .common import MIN_IMAGE_SIZE, format_table, machine_info, run_child
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ def build(impl: str, name: str, checkpointing: bool) -> torch.nn.Module:
         return model
     if impl == "torchvision":
         if checkpointing:
-            raise ValueError("torchvision's EfficientNet has no gradient checkpointing")
+            raise InputError("torchvision's EfficientNet has no gradient checkpointing")
         import torchvision
 
         return torchvision.models.get_model(name, num_classes=NUM_CLASSES)
@@ -74,7 +75,7 @@ def build(impl: str, name: str, checkpointing: bool) -> torch.nn.Module:
         model = timm.create_model(name, num_classes=NUM_CLASSES)
         model.set_grad_checkpointing(checkpointing)
         return model
-    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    raise InputError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
 def warm_up_libraries(cfg_defaults, device: torch.device) -> None:
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
         try:
             import timm  # noqa: F401
         except ImportError:
-            raise ValueError("--impls timm needs timm installed (pip install timm)") from None
+            raise InputError("--impls timm needs timm installed (pip install timm)") from None
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     results = []
     for cfg in configurations(args, device):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from src.common.errors import InputError
 from infer.metadata import build_metadata
 from src.models import build_model, get_variant
 from src.models.weights import default_preprocess
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
             return measure_int8(args, threads)
         given = [f"--{name}" for name in INT8_ONLY if getattr(args, name)]
         if given:
-            raise ValueError(f"{', '.join(given)}: --int8 options; add --int8")
+            raise InputError(f"{', '.join(given)}: --int8 options; add --int8")
         return _measure(args, device, threads)
     finally:
         torch.set_num_threads(saved_threads)

@@ -24,6 +24,7 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
+from src.common.errors import InputError
 from infer.quantize import DEFAULT_CALIB_IMAGES, compare_accuracy, quantize_int8
 from src.export.onnx_export import op_counts
 
@@ -40,11 +41,11 @@ ACCURACY_KEYS = ("images", "fp32_top1", "int8_top1", "fp32_top5", "int8_top5", "
 def check_given_files(args: argparse.Namespace) -> None:
     """Wrong --fp32_file / --int8_file fail before anything is exported or quantized."""
     if args.fp32_file and args.pretrained:
-        raise ValueError("give --fp32_file or --pretrained, not both")
+        raise InputError("give --fp32_file or --pretrained, not both")
     for flag in ("fp32_file", "int8_file"):
         path = getattr(args, flag)
         if path and not Path(path).is_file():
-            raise ValueError(f"--{flag} {path}: no such file")
+            raise InputError(f"--{flag} {path}: no such file")
 
 
 def fp32_file(args: argparse.Namespace, folder: Path) -> tuple[Path, str]:
@@ -74,11 +75,11 @@ def input_size(sessions: dict[str, ort.InferenceSession]) -> int:
     """The input side both files take; they must take the same images, at any batch size."""
     shapes = {name: s.get_inputs()[0].shape for name, s in sessions.items()}
     if shapes["fp32"][1:] != shapes["int8"][1:]:
-        raise ValueError(f"the fp32 file takes {shapes['fp32'][1:]} inputs and the int8 file {shapes['int8'][1:]}: "
+        raise InputError(f"the fp32 file takes {shapes['fp32'][1:]} inputs and the int8 file {shapes['int8'][1:]}: "
                          "give files of the same model")
     fixed = [name for name, shape in shapes.items() if isinstance(shape[0], int)]
     if fixed:
-        raise ValueError(f"the {' and '.join(fixed)} file has a fixed batch size; export it with a dynamic batch")
+        raise InputError(f"the {' and '.join(fixed)} file has a fixed batch size; export it with a dynamic batch")
     return int(shapes["fp32"][2])
 
 

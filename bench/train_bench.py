@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from src.common.errors import InputError
 from .common import MIN_IMAGE_SIZE, format_table, machine_info, run_child, sync
 from .data import JPEG_KINDS, generate_jpegs
 from .train_loop import WARMUP_EPOCHS, steady
@@ -139,9 +140,9 @@ def plain_loop(p: dict) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     if args.epochs <= WARMUP_EPOCHS:
-        raise ValueError(f"--epochs must be > {WARMUP_EPOCHS}: the first epoch carries start-up and is not timed")
+        raise InputError(f"--epochs must be > {WARMUP_EPOCHS}: the first epoch carries start-up and is not timed")
     if args.classes * args.per_class < args.batch_size:
-        raise ValueError(f"{args.classes} x {args.per_class} images make no full batch of {args.batch_size}")
+        raise InputError(f"{args.classes} x {args.per_class} images make no full batch of {args.batch_size}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     data_dir = args.data_dir or os.path.join(tempfile.gettempdir(), "effnet_bench_jpegs")
     root = make_image_folder(data_dir, args.classes, args.per_class, *args.jpeg_size)

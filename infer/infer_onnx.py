@@ -32,7 +32,7 @@ from infer.report import (  # noqa: E402
 )
 from infer.session import DEVICE_TARGETS, DeviceError, create_session  # noqa: E402
 from src.common.class_mapping import map_classes, output_names  # noqa: E402
-from src.common.errors import EXIT_BAD_INPUT, OneLineParser  # noqa: E402
+from src.common.errors import EXIT_FAILED, InputError, ModelLoadError, OneLineParser, report_error  # noqa: E402
 from src.common.preprocess import INTERPOLATIONS, MAX_IMAGE_SIZE, Preprocess  # noqa: E402
 
 DEFAULT_BATCH_SIZE = 32
@@ -50,7 +50,7 @@ NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "ten
 Announce = Callable[[str], None]
 
 
-class InputSizeError(ValueError):
+class InputSizeError(InputError):
     """The preprocessing produces images of a size the model does not take."""
 
 
@@ -205,17 +205,17 @@ def run_inference(
 ) -> InferenceResult:
     """Score ``dataset_path`` with the model; what the CLI prints, as data (for scripts and tests).
 
-    Raises DeviceError, FileNotFoundError, ModelLoadError, MetadataError, InputSizeError,
-    DatasetError (all but FileNotFoundError are ValueErrors), each with a one-line message.
+    Raises InputErrors (DeviceError, ModelLoadError, MetadataError, InputSizeError, DatasetError), each
+    with a one-line message.
     """
     if batch_size < 1:
-        raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"--batch_size must be >= 1, got {batch_size}")
     if topk < 1:
-        raise ValueError(f"--topk must be >= 1, got {topk}")
+        raise InputError(f"--topk must be >= 1, got {topk}")
     if device_target.upper() not in DEVICE_TARGETS:
         raise DeviceError(f"unknown device target {device_target!r}; use one of {', '.join(DEVICE_TARGETS)}")
     if not os.path.isfile(onnx_path):
-        raise FileNotFoundError(f"model file not found: {os.fspath(onnx_path)}")
+        raise ModelLoadError(f"model file not found: {os.fspath(onnx_path)}")
     inputs = collect_inputs(dataset_path)
     session = create_session(onnx_path, device_target, intra_op_threads, announce=announce)
     info = parse_metadata(session.get_modelmeta().custom_metadata_map)
@@ -342,10 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for flag, value in (("--num_threads", args.num_threads), ("--intra_op_threads", args.intra_op_threads)):
             if value is not None and value < 1:
-                raise ValueError(f"{flag} must be >= 1, got {value}")
+                raise InputError(f"{flag} must be >= 1, got {value}")
         for flag, value in (("--resize", args.resize), ("--crop", args.crop)):
             if value is not None and not 1 <= value <= MAX_IMAGE_SIZE:
-                raise ValueError(f"{flag} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {value}")
+                raise InputError(f"{flag} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {value}")
         if args.output is not None:
             check_output_path(args.output)  # fail before the run, not after it
         if args.save_logits:
@@ -364,9 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.save_logits:
             np.save(args.save_logits, result.logits)
             print(f"logits: {result.logits.shape[0]}x{result.logits.shape[1]} -> {args.save_logits}")
-    except (OSError, ValueError) as exc:  # every error above is one of these, with a one-line message
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except InputError as exc:
+        return report_error(exc)
+    except OSError as exc:  # a file system that failed under a check that passed (a lost mount, a full disk)
+        return report_error(exc, EXIT_FAILED)
     return 0
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from src.common.preprocess import Preprocess
+from src.common.errors import InputError
 
 KEY_MODEL_NAME = "model_name"
 KEY_PREPROCESS = "preprocess"  # JSON: {resize, crop, interpolation, mean, std}
@@ -25,7 +26,7 @@ OUTPUT_NAME = "logits"
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """The model's metadata is missing or malformed; the message names the key."""
 
 

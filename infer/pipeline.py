@@ -15,6 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from src.common.errors import InputError
 from src.common.preprocess import Preprocess, UnreadableImage, eval_image, load_rgb, normalize_batch
 
 MAX_DECODE_THREADS = 4
@@ -67,7 +68,7 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """Batches of ``batch_size`` consecutive files (fewer if some are broken), in order."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     threads = num_threads or default_decode_threads()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
         pending: deque[tuple[int, list[Future]]] = deque()

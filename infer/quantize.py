@@ -29,6 +29,7 @@ from infer.inputs import collect_inputs
 from infer.metadata import KEY_PRECISION, parse_metadata
 from infer.pipeline import iter_batches
 from src.common.preprocess import DatasetError, Preprocess
+from src.common.errors import InputError
 
 DEFAULT_CALIB_IMAGES = 300
 CALIB_BATCH = 16
@@ -42,7 +43,7 @@ CALIB_METHODS = {
 Announce = Callable[[str], None]
 
 
-class QuantizeError(ValueError):
+class QuantizeError(InputError):
     """Quantization cannot run: no calibration images, a model without metadata, ..."""
 
 

@@ -11,13 +11,14 @@ from typing import Sequence
 import numpy as np
 
 from src.common.writable import unwritable_output
+from src.common.errors import InputError
 
 OUTPUT_FORMATS = (".csv", ".json")
 LATENCY_PERCENTILES = (50, 95, 99)
 MS_PER_S = 1000.0
 
 
-class OutputError(ValueError):
+class OutputError(InputError):
     """The requested output file cannot be written in a known format."""
 
 

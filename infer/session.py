@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import onnxruntime as ort
 
-from src.common.errors import ModelLoadError
+from src.common.errors import InputError, ModelLoadError
 
 DEVICE_TARGETS = ("GPU", "CPU")
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -34,7 +34,7 @@ LOG_SEVERITY_ERROR = 3
 ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"  # onnxruntime: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """Unknown device target."""
 
 
@@ -157,12 +157,12 @@ def create_session(
     """An inference session on the best usable provider for ``device_target``.
 
     A GPU request that cannot be met announces one line and runs on the CPU.
-    Raises DeviceError (bad target), FileNotFoundError, ModelLoadError (not a loadable model).
+    Raises DeviceError (bad target), ModelLoadError (missing, or not a loadable model).
     """
     choice = choose_providers(device_target)
     path = os.fspath(model_path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise ModelLoadError(f"model file not found: {path}")
     ort.set_default_logger_severity(LOG_SEVERITY_ERROR)
     try:
         session = ort.InferenceSession(path, session_options(intra_op_threads), providers=choice.with_options())

@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 
 from infer.metadata import KEY_CLASSES
+from src.common.errors import InputError
 
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_QUEUE_DELAY_US = 100  # dynamic batching: wait at most 0.1 ms to fill a batch
@@ -35,7 +36,7 @@ TRITON_TYPES = {
 }
 
 
-class TritonRepoError(ValueError):
+class TritonRepoError(InputError):
     """The ONNX file cannot be described to Triton; the message says why."""
 
 

@@ -23,6 +23,7 @@ import yaml
 from src.models.effnet import list_models
 from src.models.layers import PADDINGS
 from src.common.preprocess import MAX_IMAGE_SIZE
+from src.common.errors import InputError, report_error
 
 MODEL_NAMES: tuple[str, ...] = tuple(list_models())  # the zoo table's order: B0-B7, V2-S/M/L, Lite0-4
 LR_DECAY_MODES = ("linear", "liner", "cosine", "steps", "poly", "exponential", "constant")
@@ -34,7 +35,7 @@ FALSE_WORDS = ("false", "0", "no", "off")
 NULL_WORDS = ("none", "null", "~", "")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or flag is wrong; the message names the key and what is allowed."""
 
 
@@ -580,8 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(load_config(argv).to_yaml(), end="")
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     return 0
 
 

@@ -96,7 +96,6 @@ def test_efficientnet_pytorch_files_load_with_same_padding_and_equal_logits(name
     from efficientnet_pytorch import EfficientNet
 
     reference = calibrate(EfficientNet.from_name(name, image_size=SIZE, num_classes=NUM_CLASSES), PHOTOS)
-    expected = _logits(reference)
     path = tmp_path / "weights.pth"
     torch.save(reference.state_dict(), path)
     loaded = load_trained(str(path))

@@ -24,7 +24,7 @@ from PIL import Image, ImageFile, PngImagePlugin
 
 import train
 from infer.infer_onnx import run_inference
-from src.data.dataset import BrokenImageWarning
+from src.common.errors import BrokenImageWarning
 from src.export.onnx_export import ExportSource, export_source
 from src.common.preprocess import MAX_IMAGE_PIXELS, UnreadableImage, list_class_folders, load_rgb, open_image
 from src.data.transforms import decode_crop_resize

@@ -18,7 +18,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 from torch import nn
-from torch.ao.quantization import FakeQuantize, disable_fake_quant, disable_observer
+from torch.ao.quantization import disable_fake_quant, disable_observer
 
 from helpers_models import FLOWERS_DIR, assert_spread, calibrate, photo_batch
 from src.models import qat

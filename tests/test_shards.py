@@ -23,7 +23,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader
 
 import eval as eval_entry
 import train

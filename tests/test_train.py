@@ -554,7 +554,7 @@ def test_bf16_autocast_and_fp16_static_scale_train_on_cpu(data2, tmp_path, capsy
 def test_unreadable_training_images_are_skipped_and_counted(tmp_path, capsys):
     from helpers_data import write_broken_file
 
-    from src.data.dataset import BrokenImageWarning
+    from src.common.errors import BrokenImageWarning
     data = make_image_folder(tmp_path / "data", classes=2, per_class=6, size=(36, 36), split="both")
     write_broken_file(data / "train" / "class_00" / "zz_garbage.jpg", "garbage")
     write_broken_file(data / "train" / "class_01" / "zz_truncated.jpg", "truncated")

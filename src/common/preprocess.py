@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+from src.common.errors import InputError
 
 __all__ = [
     "ALPHA_BACKGROUND", "DRAFT_SAFETY", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "MAX_IMAGE_PIXELS", "MAX_IMAGE_SIZE",
@@ -101,7 +102,7 @@ class UnreadableImage(ValueError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """The dataset on disk does not have the expected layout; the message says how to fix it."""
 
 

@@ -34,13 +34,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from src.common.errors import BrokenImageWarning
 from src.common.preprocess import DatasetError, UnreadableImage, list_class_folders
 
 __all__ = [
-    "CIFAR_SOURCES", "ArrayImageDataset", "Batch", "BrokenImageWarning", "CifarSource",
+    "CIFAR_SOURCES", "ArrayImageDataset", "Batch", "CifarSource",
     "DataSplits", "DatasetError", "ImageFolderDataset", "ShardedEvalSampler",
     "build_datasets", "collate_skip_broken", "count_images", "download_and_extract",
-    "detect_cifar", "load_cifar", "load_cifar_split", "md5sum", "one_line_broken_image_warnings", "restricted_unpickle", "stratified_split",
+    "detect_cifar", "load_cifar", "load_cifar_split", "md5sum", "restricted_unpickle", "stratified_split",
     "to_device_normalized",
 ]
 
@@ -51,26 +52,6 @@ UINT8_MAX = 255.0
 
 Sample = tuple[Any, int]
 Transform = Callable[[Any], torch.Tensor]
-
-
-class BrokenImageWarning(UserWarning):
-    """A dataset file could not be decoded and was skipped."""
-
-
-def one_line_broken_image_warnings() -> None:
-    """Show BrokenImageWarning as one ``warning: skipping unreadable image ...`` line (train.py and
-    eval.py call this): Python's default format adds the warning's source line under each file."""
-    default = warnings.formatwarning
-    if getattr(default, "one_line_broken_images", False):
-        return
-
-    def formatwarning(message, category, filename, lineno, line=None):  # noqa: ANN001 - warnings' signature
-        if issubclass(category, BrokenImageWarning):
-            return f"warning: {message}\n"
-        return default(message, category, filename, lineno, line)
-
-    formatwarning.one_line_broken_images = True  # type: ignore[attr-defined]
-    warnings.formatwarning = formatwarning
 
 
 class Batch(NamedTuple):

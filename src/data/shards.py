@@ -51,14 +51,14 @@ import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from src.data.dataset import BrokenImageWarning
+from src.common.errors import EXIT_FAILED, BrokenImageWarning, InputError, report_error
 from src.common.preprocess import DatasetError, UnreadableImage, list_class_folders, load_rgb
 from src.data.sampler import sample_seed
 
@@ -631,9 +631,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.out_dir is None:
             raise DatasetError("OUT_DIR is missing: python -m src.data.shards IMAGE_ROOT OUT_DIR")
         convert(args.image_root, args.out_dir, args.shard_size_mb, max(1, args.workers))
-    except (DatasetError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except InputError as exc:
+        return report_error(exc)
+    except OSError as exc:  # writing OUT_DIR failed (a full disk, no permission)
+        return report_error(exc, EXIT_FAILED)
     return 0
 
 

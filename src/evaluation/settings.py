@@ -19,6 +19,7 @@ from src.models.loading import LoadedModel, apply_eval_overrides, load_published
 from src.models import default_preprocess
 from src.common.preprocess import MAX_IMAGE_SIZE, Preprocess
 from src.common.writable import unwritable_output
+from src.common.errors import InputError
 
 DEFAULT_BATCH_SIZE = 64
 MAX_DEFAULT_WORKERS = 8
@@ -29,7 +30,7 @@ CONFIG_KEYS = ("model", "dataset", "dataset_path", "checkpoint_path", "device_ta
                "normalization", "amp", "channels_last", "class_num")
 
 
-class EvalInputError(ValueError):
+class EvalInputError(InputError):
     """Bad command-line input; eval.py prints it as one ``error:`` line and exits with status 2."""
 
 

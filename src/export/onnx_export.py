@@ -44,6 +44,7 @@ from src.models import NETWORK_STRIDE, default_preprocess, load_pretrained
 from src.models.weights import imagenet_class_names
 from src.models.qat import QAT_OPSET, is_qat_model
 from src.common.preprocess import Preprocess
+from src.common.errors import InputError
 
 DEFAULT_OPSET = 17
 VERIFY_BATCH = 2  # a dynamic-batch model is traced at batch 2 and checked at batch VERIFY_IMAGES
@@ -58,7 +59,7 @@ BENCH_ROUNDS = 5
 Announce = Callable[[str], None]
 
 
-class ExportError(ValueError):
+class ExportError(InputError):
     """Export cannot proceed or the exported file does not compute what PyTorch computes."""
 
 

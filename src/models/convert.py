@@ -11,11 +11,11 @@ The layout logic lives in src.models.layouts.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from src.common.errors import EXIT_BAD_INPUT
+from src.common.errors import EXIT_FAILED, InputError, report_error
 
+from .effnet import list_models
 from .layers import PADDINGS
 from .layouts import WeightMismatchError, import_weights, read_weight_file, save_weights
 
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "layout) to this project's layout (.pth or .safetensors).")
     parser.add_argument("input", help="weight file (.pth / .pt / .bin / .safetensors)")
     parser.add_argument("output", help="file to write; .safetensors or .pth by its suffix")
-    parser.add_argument("--model", help="variant (default: the one whose shapes fit)")
+    parser.add_argument("--model", choices=list_models(), metavar="NAME",
+                        help="variant (default: the one whose shapes fit)")
     parser.add_argument("--padding", choices=PADDINGS, help="force the padding (default: what the layout/name implies)")
     args = parser.parse_args(argv)
     try:
@@ -35,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             raise WeightMismatchError("OUT must differ from IN")
         weights = import_weights(read_weight_file(args.input), args.model, args.input, args.padding)
         out = save_weights(weights, args.output)
-    except (WeightMismatchError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except InputError as exc:
+        return report_error(exc)
+    except OSError as exc:  # writing OUT failed (a full disk, no permission)
+        return report_error(exc, EXIT_FAILED)
     for note in weights.notes:
         print(note)
     print(f"wrote {out} ({weights.model_name}, {weights.num_classes} classes, padding {weights.padding})")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from src.models.layouts import strip_wrapper_prefixes
+from src.common.errors import InputError
 
 CHECKPOINT_SUFFIX = ".pth"
 SAFETENSORS_SUFFIX = ".safetensors"  # read as {"model": tensors, **metadata}
@@ -29,7 +30,7 @@ BEST_TAG = "best"
 _UNSAFE_MARKERS = ("GLOBAL ", "Can only build", "Can only create new object")
 
 
-class CheckpointError(Exception):
+class CheckpointError(InputError):
     """A checkpoint file is missing, unsafe, corrupt or does not hold what the caller needs."""
 
 

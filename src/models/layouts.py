@@ -32,6 +32,7 @@ import torch
 from .effnet import VARIANTS, EfficientNet, build_model, get_variant
 from .layers import PADDINGS
 from .weights import TENSORFLOW, TIMM, TORCHVISION, Weights, convention_build, describe_preprocess, preprocess_for
+from ..common.errors import InputError
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
@@ -40,7 +41,7 @@ META_KEYS = ("model_name", "padding", "bn_eps", "preprocess", "layout", "classes
 HEAD = "classifier."
 
 
-class WeightMismatchError(ValueError):
+class WeightMismatchError(InputError):
     """A weight file whose keys or shapes do not fit the model or any known layout."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..common.preprocess import Preprocess
 from .effnet import BN_EPS_TF, VariantSpec, get_variant
+from ..common.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,7 +44,7 @@ GOOGLE_IMAGENET = "google_imagenet"
 TIMM_TF_IMAGENET = "timm_tf_imagenet"
 
 
-class WeightsNotInstalled(ValueError):
+class WeightsNotInstalled(InputError):
     """Published weights that ship in a pip package which is not installed; the message names it."""
 
 

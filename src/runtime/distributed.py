@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from src.common.errors import InputError
 
 DEFAULT_MASTER_PORT = 29500
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
@@ -26,7 +27,7 @@ _TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _SLURM_KEYS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(InputError):
     """The launcher environment or the requested device cannot give a working process group."""
 
 

@@ -28,6 +28,7 @@ from src.training.progressive import augment_config, stage_settings
 from src.training.run_dir import RunDirError, delete_run_files, resolve_run_dir
 from src.data.transforms import build_eval_transform, build_train_transform, resolve_augment
 from src.common.writable import why_not_creatable, why_not_writable
+from src.common.errors import InputError
 
 CONFIG_FILE = "config.yaml"
 MAX_DEFAULT_WORKERS = 8  # DataLoader workers per process when num_workers is unset (and CPUs allow)
@@ -37,7 +38,7 @@ RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
 MIN_STEPS_PER_EPOCH = 4  # an unset batch_size shrinks (powers of two) until an epoch has this many steps
 
 
-class TrainInputError(ValueError):
+class TrainInputError(InputError):
     """The data, config or checkpoint cannot give a valid run; the message says what to change."""
 
 

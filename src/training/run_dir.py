@@ -20,13 +20,14 @@ from pathlib import Path
 from src.models.files import CHECKPOINT_SUFFIX
 from src.training.monitor import CURVES_FILE, LOG_FILE, METRICS_FILE
 from src.training.scalar_logs import EVENTS_GLOB, SUMMARY_FILE
+from src.common.errors import InputError
 
 CONFIG_FILE = "config.yaml"
 RUN_FILES = (METRICS_FILE, LOG_FILE, CURVES_FILE, CONFIG_FILE, SUMMARY_FILE)  # besides checkpoints and events
 MAX_NAME_TRIES = 1000
 
 
-class RunDirError(ValueError):
+class RunDirError(InputError):
     """The run folder cannot be used as asked; the message says what to pass instead."""
 
 
