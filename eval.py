@@ -30,7 +30,8 @@ from src.evaluation.settings import (DEFAULT_BATCH_SIZE, EvalInputError, check_o
 from src.evaluation.report import print_report, save_reports, start_lines
 from src.evaluation.metrics import evaluate
 from src.runtime.host_memory import reuse_freed_memory_if_requested
-from src.models.loading import IMAGENET, add_use_ema_argument
+from src.models.loading import add_use_ema_argument
+from src.models.pretrained import IMAGENET
 from src.models import PADDINGS
 from src.common.preprocess import INTERPOLATIONS, DatasetError
 

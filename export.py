@@ -27,7 +27,8 @@ from src.export.check import DEFAULT_CHECK_TOLERANCE
 from src.export.steps import (BENCH_BATCHES, BIAS_CORRECTED, INT8_SUFFIX, WEIGHT_FORMATS, check_args, print_benchmark, write_int8,
                               write_triton, write_weight_file)
 from src.models.loading import add_use_ema_argument, use_ema_flag
-from src.export.onnx_export import DEFAULT_OPSET, FORMATS, export_source, load_source
+from src.export.onnx_export import DEFAULT_OPSET, FORMATS, export_source
+from src.export.source import load_source
 
 def _format(text: str) -> str:
     value = text.upper()

@@ -28,6 +28,7 @@ from onnxruntime.quantization import (
 from infer.inputs import collect_inputs
 from infer.metadata import KEY_PRECISION, parse_metadata
 from infer.pipeline import iter_batches
+from infer.runner import run_inference
 from src.common.preprocess import DatasetError, Preprocess
 from src.common.errors import InputError
 
@@ -202,8 +203,6 @@ class Comparison:
 def compare_accuracy(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,
                      eval_dir: str | os.PathLike, batch_size: int = CALIB_BATCH) -> Comparison:
     """Run both models over a labelled folder with the runner; the accuracy change int8 costs."""
-    from infer.infer_onnx import run_inference
-
     quiet = lambda _: None  # noqa: E731 - the runner's notes are printed once by the caller
     ref = run_inference(fp32_path, eval_dir, "CPU", batch_size, announce=quiet)
     low = run_inference(int8_path, eval_dir, "CPU", batch_size, announce=quiet)

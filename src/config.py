@@ -443,6 +443,17 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_explicit(path: str | Path | None, keys: Iterable[str]) -> dict[str, Any]:
+    """The validated values of ``keys`` that a YAML sets explicitly, for eval.py and export.py: schema
+    defaults are not filled in, so a key the YAML leaves out never overrides what a checkpoint says.
+    Every key of the file is validated (ConfigError names a bad one), used or not."""
+    if path is None:
+        return {}
+    values = read_yaml(path)
+    cfg = Config(**values)
+    return {key: getattr(cfg, key) for key in keys if key in values}
+
+
 def parse_cli(argv: list[str]) -> tuple[str | None, dict[str, Any]]:
     """Split ``--config FILE`` from ``--key value`` / ``--key=value`` / bare ``--flag`` overrides."""
     config_file: str | None = None

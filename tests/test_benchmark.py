@@ -20,7 +20,7 @@ import benchmark
 from bench import data as data_mode
 from bench.memory import add_savings
 from infer.quantize import compare_accuracy
-from src.export.onnx_export import op_counts
+from src.export.graph import op_counts
 
 FLOWERS = Path(__file__).parent / "data" / "flowers17"  # 6 labelled classes x 4 photos
 

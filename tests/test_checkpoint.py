@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.models.files import (CheckpointError, CheckpointManager, CheckpointWriteError, atomic_save,
-                            extract_state_dict, load_checkpoint, restore_rng_state, rng_state)
+from src.models.files import CheckpointError, CheckpointWriteError, atomic_save, read_file, weights_in
+from src.training.checkpoints import CheckpointManager, restore_rng_state, rng_state
 
 
 class ShellPayload:
@@ -52,7 +52,7 @@ RICH_STATE = {
 
 def test_atomic_save_round_trip_with_weights_only(tmp_path):
     path = atomic_save(RICH_STATE, tmp_path / "a.pth")
-    loaded = load_checkpoint(path)
+    loaded = read_file(path)
     assert torch.equal(loaded["model"]["w"], RICH_STATE["model"]["w"])
     assert loaded["model"]["n"].item() == 7
     plain = {k: v for k, v in loaded.items() if k != "model"}
@@ -67,7 +67,7 @@ def test_failed_save_keeps_old_file_and_leaves_no_temp(tmp_path):
     atomic_save({"epoch": 1}, path)
     with pytest.raises(OSError, match="simulated failure"):
         atomic_save({"epoch": 2, "bad": FailsToPickle()}, path)
-    assert load_checkpoint(path) == {"epoch": 1}
+    assert read_file(path) == {"epoch": 1}
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pth"]
 
 
@@ -100,16 +100,16 @@ def test_full_disk_keeps_old_checkpoint_and_names_the_cause(tmp_path):
     assert message.startswith(f"could not write checkpoint {path} (File too large; "), message
     assert "GB free there" in message
     assert "--save_checkpoint_path" in message and len(message.splitlines()) == 1
-    assert load_checkpoint(path) == {"epoch": 1}
+    assert read_file(path) == {"epoch": 1}
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pth"]
 
 
 def test_missing_file(tmp_path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(CheckpointError, match=f"^checkpoint not found: {missing}$"):
-        load_checkpoint(missing)
+        read_file(missing)
     with pytest.raises(CheckpointError, match=f"^{tmp_path} is a folder; give the checkpoint file inside it"):
-        load_checkpoint(tmp_path)
+        read_file(tmp_path)
 
 
 @pytest.mark.parametrize("payload_cls", [ShellPayload, OpenPayload])
@@ -118,7 +118,7 @@ def test_hostile_pickle_is_refused_and_never_runs(tmp_path, payload_cls):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "x": payload_cls(marker)}, path)
     with pytest.raises(CheckpointError) as info:
-        load_checkpoint(path)
+        read_file(path)
     assert str(info.value) == (f"{path} is not a safe checkpoint (it contains pickled Python "
                                "objects; refusing to load it)")
     assert not marker.exists()
@@ -136,13 +136,13 @@ def test_corrupt_files_raise_checkpoint_error(tmp_path, content):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(data)
     with pytest.raises(CheckpointError, match=str(bad)):
-        load_checkpoint(bad)
+        read_file(bad)
 
 
 def test_load_rejects_non_dict(tmp_path):
     path = atomic_save(torch.zeros(2), tmp_path / "t.pth")
     with pytest.raises(CheckpointError, match="holds a Tensor, expected a dict"):
-        load_checkpoint(path)
+        read_file(path)
 
 
 def test_manager_names_rotates_and_finds_latest(tmp_path):
@@ -158,7 +158,7 @@ def test_manager_names_rotates_and_finds_latest(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["efficientnet_b0-1_5.pth", "efficientnet_b2-10_6250.pth",
                                             "efficientnet_b2-350_625.pth", "efficientnet_b2-best.pth"]
     assert manager.latest().name == "efficientnet_b2-350_625.pth"
-    assert load_checkpoint(manager.latest()) == {"epoch": 350}
+    assert read_file(manager.latest()) == {"epoch": 350}
 
 
 def test_manager_rejects_bad_keep_max(tmp_path):
@@ -180,24 +180,24 @@ def test_rng_round_trip_through_a_weights_only_file(tmp_path):
     path = atomic_save({"rng": rng_state()}, tmp_path / "rng.pth")
     expected = _draw()
     _draw()  # move every generator on
-    restore_rng_state(load_checkpoint(path)["rng"])
+    restore_rng_state(read_file(path)["rng"])
     assert _draw() == expected
 
 
-def test_extract_state_dict_variants():
+def test_weights_in_finds_the_tensors_of_every_kind_of_file():
     weights = {"features.0.weight": torch.ones(2), "classifier.1.bias": torch.zeros(3)}
     ddp_compiled = {f"module._orig_mod.{k}": v for k, v in weights.items()}
     ema = {"features.0.weight": torch.full((2,), 5.0), "classifier.1.bias": torch.zeros(3)}
     train_ckpt = {"model": ddp_compiled, "epoch": 1, "ema": {"state_dict": ema, "updates": 4}}
-    assert list(extract_state_dict(weights)) == list(weights)
-    assert list(extract_state_dict(train_ckpt)) == list(weights)
-    assert list(extract_state_dict({"state_dict": {f"_orig_mod.{k}": v for k, v in weights.items()}})) \
+    assert list(weights_in(weights)) == list(weights)
+    assert list(weights_in(train_ckpt)) == list(weights)
+    assert list(weights_in({"state_dict": {f"_orig_mod.{k}": v for k, v in weights.items()}})) \
         == list(weights)
-    assert extract_state_dict(train_ckpt, use_ema=True)["features.0.weight"].tolist() == [5.0, 5.0]
+    assert weights_in(train_ckpt, ema=True)["features.0.weight"].tolist() == [5.0, 5.0]
 
 
-def test_extract_state_dict_errors():
+def test_weights_in_errors():
     with pytest.raises(CheckpointError, match="no EMA weights"):
-        extract_state_dict({"model": {"w": torch.ones(1)}, "ema": None}, use_ema=True)
+        weights_in({"model": {"w": torch.ones(1)}, "ema": None}, ema=True)
     with pytest.raises(CheckpointError, match="no model weights found.*keys: epoch, lr"):
-        extract_state_dict({"epoch": 1, "lr": 0.1})
+        weights_in({"epoch": 1, "lr": 0.1})

@@ -17,13 +17,12 @@ import torch
 import eval as eval_entry
 import export as export_entry
 import train as train_entry
-from src.models.files import load_checkpoint
 from src.models.loading import load_trained
 from src.models import WeightMismatchError, build_model, build_pretrained, import_weights
 from src.models.convert import main as convert_main
 from src.models.layers import same_padding
 from src.models.weights import get_weights
-from src.export.onnx_export import load_source
+from src.export.source import load_source
 from src.common.preprocess import Preprocess, eval_image, normalize_batch
 from tests.helpers_models import FLOWERS_DIR, assert_spread, calibrate, photo_batch
 
@@ -87,7 +86,7 @@ def test_timm_files_load_through_eval_and_export_loaders_with_equal_logits(timm_
     _assert_equal_logits(loaded.model, expected)
     source = load_source(checkpoint_path=str(path))  # export.py --checkpoint_path
     _assert_equal_logits(source.model, expected)
-    model, _ = build_pretrained(variant, str(path), NUM_CLASSES, read=load_checkpoint)  # train.py --pretrained
+    model, _ = build_pretrained(variant, str(path), NUM_CLASSES)  # train.py --pretrained
     _assert_equal_logits(model, expected)
 
 

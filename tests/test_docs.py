@@ -129,3 +129,91 @@ def test_every_flag_in_the_docs_exists() -> None:
     unknown = [f"{page}: {command[:80]}: {sorted(flags - known[key] - known['benchmark.py'])}"
                for page, key, command, flags in uses if flags - known[key] - known["benchmark.py"]]
     assert not unknown, "flags that do not exist:\n" + "\n".join(unknown)
+
+
+FILE_PATH = re.compile(r"^(?:(?:src|infer|bench|tests)/[\w./-]+\.py|scripts/[\w.-][\w./-]*)$")
+RUN_MODULE = re.compile(r"python3?\s+-m\s+([A-Za-z_][\w.]*)")
+DOTTED = re.compile(r"(?<![\w.])src(?:\.\w+)+")
+PROJECT_PACKAGES = ("src", "infer", "bench")
+
+
+def module_file(dotted: str) -> Path | None:
+    """The file of a project module: ``a/b.py``, or ``a/b/__init__.py`` for a package."""
+    base = REPO_ROOT.joinpath(*dotted.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def defines(path: Path, name: str) -> bool:
+    """A simple text search: ``def name``, ``class name``, ``name =`` (or ``name: T =``), or a re-export of it
+    (``import … name``, an indented ``name,`` in a parenthesised import list, ``"name"`` in ``__all__``)."""
+    text = path.read_text(encoding="utf-8")
+    n = re.escape(name)
+    return re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{n}\b|^\s*{n}\s*(?::[^=\n]+)?=(?!=)"
+                     rf"|^[^\n#]*\bimport\s[^\n]*\b{n}\b|^\s+{n},?\s*$|__all__[^\]]*[\"']{n}[\"']",
+                     text, re.MULTILINE) is not None
+
+
+def dotted_name_problem(dotted: str) -> str | None:
+    """Why ``src.x.y`` (a module, or a module's attribute) does not exist; None when it does."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        path = module_file(".".join(parts[:cut]))
+        if path is None:
+            continue
+        rest = parts[cut:]
+        if not rest:
+            return None
+        if len(rest) > 1:
+            return f"no module {'.'.join(parts[:cut + 1])}"
+        if defines(path, rest[0]):
+            return None
+        return f"{'.'.join(rest)} is not defined in {path.relative_to(REPO_ROOT)}"
+    return "no such module"
+
+
+def named_paths_and_modules(page: Path) -> list[str]:
+    """What ``page`` names that does not exist, one line each."""
+    text = re.sub(r"https?://\S+", " ", page.read_text(encoding="utf-8"))  # paths inside URLs are not ours
+    stale: set[str] = set()
+    for token in re.findall(r"[\w./*{}-]+", text):
+        path = re.sub(r"^(?:\.\.?/)+", "", token).rstrip(".,:;")
+        if "*" in path or "{" in path or not FILE_PATH.match(path):
+            continue
+        if not (REPO_ROOT / path).exists():
+            stale.add(f"{path} (no such file)")
+    for module in RUN_MODULE.findall(text):
+        module = module.rstrip(".")
+        if module.split(".")[0] not in PROJECT_PACKAGES:
+            continue  # python -m pytest, pip, torch.distributed.run
+        path = module_file(module)
+        if path is None:
+            stale.add(f"python -m {module} (no such module)")
+        elif path.name == "__init__.py" and not (path.parent / "__main__.py").is_file():
+            stale.add(f"python -m {module} (a package without __main__.py)")
+    for span in re.findall(r"`([^`\n]+)`", prose(text)):
+        for dotted in DOTTED.findall(span):
+            problem = dotted_name_problem(dotted)
+            if problem:
+                stale.add(f"`{dotted}` ({problem})")
+    return sorted(stale)
+
+
+def test_named_paths_and_modules_exist() -> None:
+    """Every src/ infer/ bench/ tests/ .py file, scripts/ file, ``python -m`` module and `src.x.y` name in
+    README.md and docs/*.md exists (a dotted name may end in a name its module defines)."""
+    stale = [f"{page.relative_to(REPO_ROOT)}: {name}" for page in PAGES for name in named_paths_and_modules(page)]
+    if stale:
+        pytest.fail("paths and modules named in the docs that do not exist:\n" + "\n".join(f"  {s}" for s in stale),
+                    pytrace=False)
+
+
+def test_the_docs_name_checker_accepts_real_names_and_rejects_stale_ones() -> None:
+    assert dotted_name_problem("src.models.build_model") is None  # re-exported by src/models/__init__.py
+    assert dotted_name_problem("src.common.preprocess.MAX_IMAGE_PIXELS") is None
+    assert dotted_name_problem("src.models.effnet") is None
+    assert dotted_name_problem("src.models.no_such_name") is not None
+    assert dotted_name_problem("src.no_such_package.x") is not None
+    assert dotted_name_problem("src.nowhere") is not None

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from src.models.files import atomic_save, load_checkpoint
+from src.models.files import atomic_save, read_file
 from src.training.ema import ModelEma
 
 
@@ -98,7 +98,7 @@ def test_resume_round_trip(tmp_path):
         ema.update(model)
     path = atomic_save({"ema": ema.state_dict()}, tmp_path / "ema.pth")
     resumed = ModelEma(tiny_model(), decay=0.9999)
-    resumed.load_state_dict(load_checkpoint(path)["ema"])
+    resumed.load_state_dict(read_file(path)["ema"])
     assert resumed.updates == 3
     set_step_values(model, 3)
     assert ema.update(model) == resumed.update(model) == pytest.approx(4 / 13)

@@ -399,7 +399,7 @@ def test_onnx_runner_scores_every_image_as_eval_py_does(files, single_run, tmp_p
     constant guess. export.py's own check (float64 reference, synthetic photos) must pass.
     """
     import export as export_entry
-    from infer.infer_onnx import run_inference
+    from infer.runner import run_inference
 
     assert export_entry.main(["--checkpoint_path", str(files["ckpt"]), "--file_name", str(tmp_path / "b0"),
                               "--no_op_counts"]) == 0

@@ -21,10 +21,10 @@ from src.export.check import (
     DEFAULT_CHECK_TOLERANCE, FLOAT32_EPS, CheckFailed, compare, float64_reference, verification_batch,
 )
 from src.models import build_model, default_preprocess, list_models
-from src.export.onnx_export import (
-    DEFAULT_OPSET, VERIFY_IMAGES, ExportError, ExportSource, export_onnx, export_source, op_counts,
-    optimized_op_counts, random_batch, read_torchscript_metadata, supported_opsets, verify_onnx,
-)
+from src.export.graph import op_counts, optimized_op_counts
+from src.export.onnx_export import (DEFAULT_OPSET, VERIFY_IMAGES, export_onnx, export_source, random_batch,
+    read_torchscript_metadata, supported_opsets, verify_onnx)
+from src.export.source import ExportError, ExportSource
 from src.common.preprocess import Preprocess, list_class_folders
 from tests.helpers_models import FLOWERS_DIR, assert_spread, calibrated_model, photo_batch
 
@@ -317,11 +317,13 @@ def test_plain_state_dict_and_pretrained_path_take_the_class_count_from_the_file
 
 
 def test_pretrained_imagenet_stores_torchvision_class_names(tmp_path, monkeypatch, capsys):
-    def fake_download(model, name_or_path="imagenet", progress=True):
-        assert name_or_path == "imagenet"
-        return model  # random weights stand in for the download (no network in tests)
+    published = build_model("efficientnet_b0").state_dict()  # random weights stand in for the download
 
-    monkeypatch.setattr("src.export.onnx_export.load_pretrained", fake_download)
+    def fake_download(url, **kwargs):
+        assert url.startswith("https://download.pytorch.org/models/efficientnet_b0") and kwargs["weights_only"]
+        return published
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
     assert export_entry.main(["--model", "efficientnet_b0", "--pretrained", "--file_name", str(tmp_path / "tv"),
                               "--width", "64", "--height", "64", "--no_op_counts"]) == 0
     info = parse_metadata({p.key: p.value for p in onnx.load(str(tmp_path / "tv.onnx")).metadata_props})
@@ -399,7 +401,7 @@ MIN_INT8_LOGIT_CORRELATION = 0.5
 @pytest.mark.parametrize("method, says", [("bias_corrected", "bias correction on 20 images"),
                                           ("minmax", "minmax calibration on 20 images")])
 def test_int8_quantization_agrees_with_fp32_where_a_broken_quantizer_cannot(method, says, tmp_path, capsys):
-    from infer.infer_onnx import run_inference
+    from infer.runner import run_inference
 
     ckpt = probe_checkpoint(tmp_path)
     assert export_entry.main(["--checkpoint_path", str(ckpt), "--file_name", str(tmp_path / "m"), "--no_op_counts",

@@ -23,9 +23,10 @@ import torch
 from PIL import Image, ImageFile, PngImagePlugin
 
 import train
-from infer.infer_onnx import run_inference
+from infer.runner import run_inference
 from src.common.errors import BrokenImageWarning
-from src.export.onnx_export import ExportSource, export_source
+from src.export.onnx_export import export_source
+from src.export.source import ExportSource
 from src.common.preprocess import MAX_IMAGE_PIXELS, UnreadableImage, list_class_folders, load_rgb, open_image
 from src.data.transforms import decode_crop_resize
 from tests.helpers_data import class_name, make_image_folder

@@ -16,10 +16,12 @@ import pytest
 import torch
 
 import infer.session as session_module
-from infer.infer_onnx import PreprocessOverrides, main, run_inference
+from infer.infer_onnx import main
+from infer.runner import PreprocessOverrides, run_inference
 from infer.pipeline import load_normalized
 from infer.report import softmax
-from src.export.onnx_export import ExportSource, export_source
+from src.export.onnx_export import export_source
+from src.export.source import ExportSource
 from src.common.preprocess import DatasetError, Preprocess, list_class_folders
 from tests.helpers_data import class_name, make_image_folder, write_broken_file
 from tests.test_export import conditioned_model

@@ -11,9 +11,8 @@ import torch
 import eval as eval_entry
 import export as export_entry
 from src.models.files import CheckpointError
-from src.models.loading import (
-    ModelLoadError, apply_eval_overrides, classifier_size, load_published, load_trained, variant_name,
-)
+from src.models.loading import ModelLoadError, classifier_size, load_published, load_trained, variant_name
+from src.models.preprocessing import resolve_preprocess
 from src.models import WeightMismatchError, build_model
 from src.models.weights import INCEPTION_MEAN, INCEPTION_STD, default_preprocess
 from src.common.preprocess import Preprocess
@@ -79,34 +78,40 @@ def test_mismatches_raise_a_named_error(files, call, error, message):
         call(files)
 
 
-def test_published_weights_check_class_num_before_downloading_and_explain_failures():
+def test_published_weights_check_class_num_before_downloading_and_explain_failures(monkeypatch):
     calls = []
 
-    def offline(model, name, progress=True):
-        calls.append(name)
+    def offline(url, **kwargs):
+        calls.append(url)
         raise OSError("no network")
 
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(ModelLoadError, match="1000 classes but the config's class_num is 3"):
-        load_published(NAME, "imagenet", class_num=3, download=offline)
+        load_published(NAME, "imagenet", class_num=3)
     assert calls == []
     with pytest.raises(ModelLoadError, match=r"cannot download torchvision efficientnet_b0 IMAGENET1K_V1 "
                                              r"\(no network\); fetch https://\S+ by hand and pass --pretrained PATH"):
-        load_published(NAME, "imagenet", download=offline)
-    assert calls == ["imagenet"]
-    loaded = load_published(NAME, "IMAGENET1K_V1", download=lambda model, name, progress: model)
-    assert (loaded.num_classes, loaded.source) == (1000, "torchvision efficientnet_b0 IMAGENET1K_V1")
+        load_published(NAME, "imagenet")
+    assert len(calls) == 1
+    published = build_model(NAME).state_dict()
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda url, **kwargs: published)
+    for word in ("IMAGENET1K_V1", "true", "ImageNet"):  # one vocabulary: every spelling is the published weights
+        loaded = load_published(NAME, word)
+        assert (loaded.num_classes, loaded.source) == (1000, "torchvision efficientnet_b0 IMAGENET1K_V1")
 
 
 def test_eval_overrides_keep_the_resize_crop_ratio_when_one_is_given():
-    assert apply_eval_overrides(B0) == B0
-    assert (apply_eval_overrides(B0, crop=32).resize, apply_eval_overrides(B0, resize=73).crop) == (37, 64)
-    both = apply_eval_overrides(B0, resize=50, crop=40, interpolation="bilinear", normalization="inception")
+    assert resolve_preprocess(NAME) == B0
+    assert resolve_preprocess(NAME, image_size=32) == Preprocess(37, 32, "bicubic", B0.mean, B0.std)
+    assert resolve_preprocess(NAME, SAVED_PRE, image_size=32) == SAVED_PRE  # the weights' own settings win
+    assert (resolve_preprocess(NAME, crop=32).resize, resolve_preprocess(NAME, resize=73).crop) == (37, 64)
+    both = resolve_preprocess(NAME, resize=50, crop=40, interpolation="bilinear", normalization="inception")
     assert both == Preprocess(50, 40, "bilinear", INCEPTION_MEAN, INCEPTION_STD)
-    assert apply_eval_overrides(SAVED_PRE, normalization="variant").mean == SAVED_PRE.mean
+    assert resolve_preprocess(NAME, SAVED_PRE, normalization="variant").mean == SAVED_PRE.mean
     with pytest.raises(ModelLoadError, match="normalization must be one of variant, imagenet, inception"):
-        apply_eval_overrides(B0, normalization="caffe")
+        resolve_preprocess(NAME, normalization="caffe")
     with pytest.raises(ModelLoadError, match="Preprocess.interpolation must be one of"):
-        apply_eval_overrides(B0, interpolation="cubic")
+        resolve_preprocess(NAME, interpolation="cubic")
 
 
 @pytest.mark.parametrize("argv", [["--model", "efficientnet_b1"], ["--use_ema"]])

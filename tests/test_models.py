@@ -11,10 +11,12 @@ import torchvision
 from src.models import (
     WeightMismatchError,
     build_model,
+    build_pretrained,
     get_variant,
     list_models,
     load_pretrained,
 )
+from src.models.files import CheckpointError
 from src.models.pretrained import pretrained_url
 from src.models.layers import StochasticDepth
 from src.models.summary import count_macs
@@ -230,7 +232,7 @@ def test_mismatching_weight_file_names_key_and_shapes(tmp_path):
     torch.save(state, path)
     with pytest.raises(WeightMismatchError, match=r"'features\.1\.0\.block\.1\.fc1\.bias' is missing"):
         load_pretrained(build_model("efficientnet_b0"), str(path))
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(CheckpointError, match="--pretrained: checkpoint not found: .*missing.pth"):
         load_pretrained(model, str(tmp_path / "missing.pth"))
 
 
@@ -239,9 +241,9 @@ def test_load_pretrained_from_file_new_classifier(tmp_path, capsys):
     source = torchvision.models.efficientnet_b0()
     path = tmp_path / "tv_b0.pth"
     torch.save(source.state_dict(), path)
-    model = build_model("efficientnet_b0", num_classes=10)
-    load_pretrained(model, str(path))
-    assert "classifier" in capsys.readouterr().out
+    model, weights = build_pretrained("efficientnet_b0", str(path), num_classes=10)
+    assert capsys.readouterr().out == ""  # the library says nothing: the caller prints weights.notes
+    assert weights.notes[-1].startswith(f"notice: loaded {path} except the classifier (1000 classes in the file, 10")
     ours = model.state_dict()
     for key, value in source.state_dict().items():
         if not key.startswith("classifier."):

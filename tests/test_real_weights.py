@@ -130,7 +130,7 @@ def test_a_symmetric_padding_build_of_the_same_weights_is_visibly_different(lite
 
 def test_lite_exports_carry_imagenet_class_names():
     """Lite has no torchvision weight enum; its ImageNet files get the same 1000 names (the same order)."""
-    from src.export.onnx_export import load_source
+    from src.export.source import load_source
 
     names = load_source(model_name="efficientnet_lite0", pretrained="imagenet").classes
     assert names is not None and len(names) == 1000

@@ -13,7 +13,8 @@ import torch
 from torchvision.models import get_model_weights
 
 from src.models import VARIANTS, VariantSpec, WeightMismatchError, build_model, import_weights, list_models
-from src.models.layouts import LAYOUTS, read_weight_file
+from src.models.files import read_file
+from src.models.layouts import LAYOUTS
 from src.models.summary import count_params
 from src.models.weights import (
     GOOGLE_IMAGENET,
@@ -111,7 +112,7 @@ def test_imagenet_means_torchvisions_download_or_a_wheel_never_a_file_to_fetch()
 
 def test_a_wheels_file_imports_with_its_entrys_settings_and_only_as_its_own_entry():
     entry = get_weights("efficientnet_lite0.google_imagenet")
-    obj = read_weight_file(entry.path())
+    obj = read_file(entry.path())
     weights = import_weights(obj, "efficientnet_lite0", "lite0.pth", published=entry)
     assert weights.published is entry
     assert (weights.padding, weights.bn_eps, weights.preprocess) == ("same", 1e-3, entry.preprocess.to_dict())

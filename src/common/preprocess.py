@@ -158,6 +158,19 @@ class Preprocess:
             return self
         return replace(self, crop=crop, resize=round(crop * self.resize / self.crop))
 
+    def override(self, resize: int | None = None, crop: int | None = None, interpolation: str | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> "Preprocess":
+        """These settings with the given ones replaced (None keeps them): the one rule for eval.py,
+        train.py, export.py and the runner. One of resize and crop alone keeps the resize/crop ratio
+        (B0's 256 -> 224 at ``crop=32``: resize 37; at ``resize=37``: crop 32).
+        ValueError names the field when a value is not allowed."""
+        if resize is not None and crop is None:
+            crop = round(resize * self.crop / self.resize)
+        elif crop is not None and resize is None:
+            resize = round(crop * self.resize / self.crop)
+        changes = dict(resize=resize, crop=crop, interpolation=interpolation, mean=mean, std=std)
+        return replace(self, **{key: value for key, value in changes.items() if value is not None})
+
 
 # --------------------------------------------------------------------------------------------
 # Decoding

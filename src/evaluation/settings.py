@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from src.config import Config, read_yaml
+from src.config import read_explicit
 from src.runtime.distributed import is_main_launch
-from src.models.loading import LoadedModel, apply_eval_overrides, load_published, load_trained, use_ema_flag
-from src.models import default_preprocess
+from src.models.loading import LoadedModel, load_published, load_trained, use_ema_flag
+from src.models.preprocessing import resolve_preprocess
 from src.common.preprocess import MAX_IMAGE_SIZE, Preprocess
 from src.common.writable import unwritable_output
 from src.common.errors import InputError
@@ -55,18 +55,9 @@ class Settings:
     args: argparse.Namespace
 
 
-def read_config(path: str | None) -> dict[str, Any]:
-    """The validated keys a YAML sets explicitly (schema defaults are not used by eval.py)."""
-    if path is None:
-        return {}
-    values = read_yaml(path)
-    cfg = Config(**values)  # validates types and ranges, naming the key
-    return {key: getattr(cfg, key) for key in CONFIG_KEYS if key in values}
-
-
 def merge_settings(args: argparse.Namespace) -> Settings:
     """eval.py's parsed flags over its --config YAML; EvalInputError for what cannot work."""
-    cfg = read_config(args.config)
+    cfg = read_explicit(args.config, CONFIG_KEYS)
 
     def pick(name: str, default: Any = None) -> Any:
         value = getattr(args, name, None)
@@ -113,18 +104,14 @@ def eval_preprocess(loaded: LoadedModel, s: Settings) -> Preprocess:
     One of resize and crop alone keeps the base ratio (B0 at ``--crop 32``: resize 37, as 256 -> 224).
     """
     cfg, args = s.config, s.args
-    base = loaded.preprocess
-    if base is None:
-        base = default_preprocess(loaded.name)
-        if cfg.get("image_size"):
-            base = base.at_crop(cfg["image_size"])
     for flag, value in (("--resize", args.resize), ("--crop", args.crop)):
         if value is not None and not 1 <= value <= MAX_IMAGE_SIZE:
             raise EvalInputError(f"{flag} must be a number of pixels from 1 to {MAX_IMAGE_SIZE}, got {value}")
     resize = args.resize if args.resize is not None else cfg.get("eval_resize")
     crop = args.crop if args.crop is not None else cfg.get("eval_crop")
-    return apply_eval_overrides(base, resize, crop, args.interpolation or cfg.get("interpolation"),
-                                cfg.get("normalization"))
+    return resolve_preprocess(loaded.name, loaded.preprocess, image_size=cfg.get("image_size"), resize=resize, crop=crop,
+                              interpolation=args.interpolation or cfg.get("interpolation"),
+                              normalization=cfg.get("normalization"))
 
 
 def check_output_files(args: argparse.Namespace) -> None:

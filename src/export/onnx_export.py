@@ -20,7 +20,6 @@ import functools
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -34,17 +33,16 @@ import torch
 from torch import nn
 
 from infer.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata
-from infer.session import create_session, physical_cores, session_options
-from src.config import read_yaml
+from infer.session import create_session, physical_cores
+from src.common.preprocess import Preprocess
 from src.export.check import (
     DEFAULT_CHECK_TOLERANCE, CheckFailed, CheckResult, Reference, compare, float64_reference, verification_batch,
 )
-from src.models.loading import PUBLISHED_WEIGHTS, apply_eval_overrides, load_published, load_trained
-from src.models import NETWORK_STRIDE, default_preprocess, load_pretrained
-from src.models.weights import imagenet_class_names
+from src.export.graph import drop_initializer_identities, format_op_counts, op_counts, optimized_op_counts
+from src.export.qat_onnx import check_qat_structure, compare_qat, export_qat_onnx
+from src.export.source import ExportError, ExportSource
+from src.models import NETWORK_STRIDE
 from src.models.qat import QAT_OPSET, is_qat_model
-from src.common.preprocess import Preprocess
-from src.common.errors import InputError
 
 DEFAULT_OPSET = 17
 VERIFY_BATCH = 2  # a dynamic-batch model is traced at batch 2 and checked at batch VERIFY_IMAGES
@@ -57,62 +55,6 @@ BENCH_WARMUP = 2
 BENCH_ROUNDS = 5
 
 Announce = Callable[[str], None]
-
-
-class ExportError(InputError):
-    """Export cannot proceed or the exported file does not compute what PyTorch computes."""
-
-
-@dataclass
-class ExportSource:
-    """A model in eval mode plus everything the exported file should remember about it."""
-
-    model: nn.Module
-    model_name: str
-    num_classes: int
-    classes: list[str] | None
-    preprocess: Preprocess
-    origin: str
-    weights_note: str | None = None  # which weights of a checkpoint (EMA or raw), when it has both
-
-
-# --------------------------------------------------------------------------------------------
-# Loading the model to export
-# --------------------------------------------------------------------------------------------
-def load_source(
-    checkpoint_path: str | None = None,
-    model_name: str | None = None,
-    pretrained: str | None = None,
-    config_path: str | None = None,
-    use_ema: bool | None = None,
-) -> ExportSource:
-    """The model to export, from a train.py checkpoint, a plain state_dict (+ model name), or
-    torchvision weights (``pretrained='imagenet'`` or a path). A YAML ``config_path`` supplies
-    ``model``, ``checkpoint_path``, ``pretrained`` and eval preprocessing keys not given directly."""
-    config = read_yaml(config_path) if config_path else {}
-    model_origin = "--model" if model_name else "config key 'model'"
-    model_name = model_name or config.get("model")
-    if checkpoint_path is None and pretrained is None:
-        checkpoint_path, pretrained = config.get("checkpoint_path"), config.get("pretrained")
-    if checkpoint_path and pretrained:
-        raise ExportError("give --checkpoint_path or --pretrained, not both")
-    class_num = config.get("class_num") or None
-    if checkpoint_path:
-        loaded = load_trained(str(checkpoint_path), model_name, use_ema, model_origin, class_num)
-    elif pretrained:
-        # This module's load_pretrained is handed over so the download can be replaced here (offline tests).
-        loaded = load_published(model_name, str(pretrained), progress=False, class_num=class_num,
-                                download=load_pretrained)
-    else:
-        raise ExportError("nothing to export: pass --checkpoint_path FILE or --pretrained [imagenet|PATH]")
-    base = loaded.preprocess or default_preprocess(loaded.name)
-    pre = apply_eval_overrides(base, config.get("eval_resize"), config.get("eval_crop"),
-                               config.get("interpolation"), config.get("normalization"))
-    classes = loaded.classes
-    if classes is None and str(pretrained) in PUBLISHED_WEIGHTS:
-        classes = imagenet_class_names()
-    return ExportSource(loaded.model, loaded.name, loaded.num_classes, classes, pre, loaded.source,
-                        loaded.weights_note)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,30 +91,6 @@ def output_path(file_name: str, file_format: str) -> Path:
     suffix = SUFFIXES[file_format]
     path = Path(file_name)
     return path if path.suffix.lower() == suffix else path.with_name(path.name + suffix)
-
-
-def drop_initializer_identities(model: onnx.ModelProto) -> int:
-    """Remove ``Identity`` nodes whose input is a weight; returns how many were removed.
-
-    The exporter deduplicates equal constants (e.g. zero biases) and re-exposes each copy through
-    an Identity node. They compute nothing; wiring consumers to the weight directly keeps the
-    file's op counts honest.
-    """
-    graph = model.graph
-    weights = {init.name for init in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    rename = {n.output[0]: n.input[0] for n in graph.node
-              if n.op_type == "Identity" and n.input[0] in weights and n.output[0] not in outputs}
-    if not rename:
-        return 0
-    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in rename)]
-    for node in kept:
-        for i, name in enumerate(node.input):
-            if name in rename:
-                node.input[i] = rename[name]
-    del graph.node[:]
-    graph.node.extend(kept)
-    return len(rename)
 
 
 def export_onnx(
@@ -214,28 +132,6 @@ def export_onnx(
         raise ExportError(f"onnx.checker rejects the exported graph: {str(exc).splitlines()[0]}") from None
     onnx.save(proto, str(path))
     return path
-
-
-def op_counts(path: str | os.PathLike) -> Counter:
-    """Operator types in the file, e.g. Counter({'Conv': 81, 'Mul': 65, ...})."""
-    return Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
-
-
-def optimized_op_counts(path: str | os.PathLike) -> Counter:
-    """Operator types after onnxruntime's basic+extended graph optimisations (what actually runs,
-    before CPU-specific layout changes): shows BN folded and SiLU fused."""
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = session_options(1)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return op_counts(options.optimized_model_filepath)
-
-
-def format_op_counts(counts: Counter) -> str:
-    return ", ".join(f"{op} {n}" for op, n in counts.most_common())
 
 
 def check_images(pre: Preprocess, batch_size: int | None) -> torch.Tensor:
@@ -521,8 +417,6 @@ def export_source(
 def _export_qat(source: ExportSource, file_name: str, file_format: str, size: int, batch_size: int | None,
                 fp16: bool, pre: Preprocess, announce: Announce) -> ExportResult:
     """A quantization-aware trained checkpoint: its int8 QDQ file, checked against the trained quantization."""
-    from src.export.qat_onnx import check_qat_structure, compare_qat, export_qat_onnx  # imports this module
-
     trained = source.model.qat_image_size
     if file_format != "ONNX" or fp16:
         raise ExportError("a QAT checkpoint exports as an int8 ONNX file: drop --fp16 / --file_format")

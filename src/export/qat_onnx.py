@@ -24,7 +24,7 @@ from torch.ao.quantization import disable_fake_quant
 
 from infer.metadata import INPUT_NAME, KEY_PRECISION, OUTPUT_NAME, parse_metadata
 from infer.quantize import CALIB_BATCH, ImageCalibrationReader, QuantizeError, calibration_files
-from src.export.onnx_export import drop_initializer_identities
+from src.export.graph import drop_initializer_identities
 from src.models.qat import QAT_OPSET, fold_for_export, is_qat_model, post_training_quantize
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")

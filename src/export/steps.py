@@ -10,9 +10,10 @@ from pathlib import Path
 from infer.quantize import compare_accuracy, quantize_int8
 from infer.triton_repo import write_triton_repo
 from src.models import ImportedWeights
-from src.models.layouts import save_weights
+from src.models.files import save_weights
 from src.export.qat_onnx import write_bias_corrected_int8
-from src.export.onnx_export import ExportError, ExportResult, ExportSource, benchmark, check_opset, output_path
+from src.export.onnx_export import ExportResult, benchmark, check_opset, output_path
+from src.export.source import ExportError, ExportSource
 from src.common.writable import why_not_writable
 
 INT8_SUFFIX = "_int8"
@@ -62,8 +63,8 @@ def write_weight_file(source: ExportSource, file_name: str, file_format: str) ->
     """``--file_format SAFETENSORS``: the weights with padding, preprocessing and class names, no graph."""
     path = Path(file_name).with_suffix(WEIGHT_FORMATS[file_format])
     weights = ImportedWeights.from_model(source.model, source.preprocess.to_dict(), source.origin, source.classes)
-    print(f"wrote {save_weights(weights, path)} ({source.model_name}, {source.num_classes} classes, "
-          f"padding {weights.padding})")
+    written = save_weights(weights.state, weights.metadata(), path)
+    print(f"wrote {written} ({source.model_name}, {source.num_classes} classes, padding {weights.padding})")
 
 
 def write_int8(result: ExportResult, source: ExportSource, file_name: str, args: argparse.Namespace) -> Path:

@@ -1,8 +1,10 @@
 """EfficientNet B0–B7, Lite0–4 and V2-S/M/L, weight-compatible with torchvision; weights from any layout.
 
 Architectures: VARIANTS (effnet.py). Published weights, one entry per source: WEIGHTS (weights.py).
+May import src.common, src.runtime and infer (the layers below); never src.data (same layer),
+src.config or the job packages: the network knows nothing of training.
 """
-from .layouts import ImportedWeights, WeightMismatchError, import_weights, read_weight_file
+from .layouts import ImportedWeights, WeightMismatchError, import_weights
 from .effnet import (
     NETWORK_STRIDE,
     VARIANTS,
@@ -14,7 +16,7 @@ from .effnet import (
     list_models,
 )
 from .layers import PADDINGS
-from .pretrained import build_pretrained, check_fits, load_pretrained, load_weights, read_state_dict, resolve_weights
+from .pretrained import build_pretrained, check_fits, load_pretrained, load_weights, resolve_weights
 from .weights import WEIGHTS, Weights, WeightsNotInstalled, default_preprocess, default_weights, get_weights
 
 __all__ = [
@@ -40,7 +42,5 @@ __all__ = [
     "list_models",
     "load_pretrained",
     "load_weights",
-    "read_state_dict",
-    "read_weight_file",
     "resolve_weights",
 ]

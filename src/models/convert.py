@@ -17,7 +17,8 @@ from src.common.errors import EXIT_FAILED, InputError, report_error
 
 from .effnet import list_models
 from .layers import PADDINGS
-from .layouts import WeightMismatchError, import_weights, read_weight_file, save_weights
+from .files import read_file, save_weights
+from .layouts import WeightMismatchError, import_weights
 
 
 
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if Path(args.output).resolve() == Path(args.input).resolve():
             raise WeightMismatchError("OUT must differ from IN")
-        weights = import_weights(read_weight_file(args.input), args.model, args.input, args.padding)
-        out = save_weights(weights, args.output)
+        weights = import_weights(read_file(args.input), args.model, args.input, args.padding)
+        out = save_weights(weights.state, weights.metadata(), args.output)
     except InputError as exc:
         return report_error(exc)
     except OSError as exc:  # writing OUT failed (a full disk, no permission)

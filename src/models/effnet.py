@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from src.common.errors import InputError
+
 from .layers import PADDINGS, ConvBNAct, FusedMBConv, MBConv, make_divisible
 
 BN_EPS_TORCH = 1e-5  # PyTorch's default, used by torchvision's B0–B4 weights
@@ -188,11 +190,11 @@ def list_models() -> list[str]:
 
 
 def get_variant(name: str) -> VariantSpec:
-    """The spec of a variant; unknown names raise ValueError listing the valid ones."""
+    """The spec of a variant; an unknown name is an InputError (a ValueError) listing the valid ones."""
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unknown model {name!r}; choose one of: {', '.join(VARIANTS)}"
         ) from None
 

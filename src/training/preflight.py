@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from src.models.files import CheckpointError, load_checkpoint
+from src.models.files import CheckpointError, read_file
 from src.config import Config, ConfigError, apply_finetune_defaults
 from src.data.dataset import build_datasets
 from src.runtime.distributed import DistInfo, is_main_launch, launch_env
-from src.models.loading import PUBLISHED_WEIGHTS, apply_eval_overrides
 from src.models import NETWORK_STRIDE, WeightsNotInstalled, default_preprocess, get_variant
-from src.models.pretrained import check_imagenet_available
+from src.models.pretrained import check_imagenet_available, is_published
+from src.models.preprocessing import resolve_preprocess
 from src.common.preprocess import Preprocess
 from src.training.progressive import augment_config, stage_settings
 from src.training.run_dir import RunDirError, delete_run_files, resolve_run_dir
@@ -122,7 +122,7 @@ def resolve_resume(cfg: Config) -> tuple[Config, dict | None]:
         return cfg, None
     with warnings.catch_warnings():  # torch warns about pickle protocols before refusing a file: one line only
         warnings.simplefilter("ignore", UserWarning)
-        ckpt = load_checkpoint(cfg.resume)
+        ckpt = read_file(cfg.resume)
     missing = [key for key in RESUME_KEYS if key not in ckpt]
     if missing:
         raise CheckpointError(f"{cfg.resume} is not a resumable train.py checkpoint (no {missing[0]!r}); "
@@ -179,9 +179,8 @@ def fix_augment_preset(cfg: Config) -> None:
 
 def eval_preprocess(cfg: Config, image_size: int) -> Preprocess:
     """The run's eval preprocessing: the variant's resize/crop ratio at image_size, then explicit keys."""
-    base = default_preprocess(cfg.model)
-    base = base.at_crop(image_size) if cfg.image_size else base
-    return apply_eval_overrides(base, cfg.eval_resize, cfg.eval_crop, cfg.interpolation, cfg.normalization)
+    return resolve_preprocess(cfg.model, image_size=cfg.image_size, resize=cfg.eval_resize, crop=cfg.eval_crop,
+                              interpolation=cfg.interpolation, normalization=cfg.normalization)
 
 
 def load_data(cfg: Config) -> DataBundle:
@@ -306,7 +305,7 @@ def check_inputs(cfg: Config) -> str:
     launch = launch_env(os.environ)
     world = launch.world_size if launch else 1
     _, steps = plan_epoch(len(data.train), cfg, world)
-    if cfg.pretrained and cfg.pretrained not in PUBLISHED_WEIGHTS and not cfg.resume:
+    if cfg.pretrained and not is_published(cfg.pretrained) and not cfg.resume:
         cpu = DistInfo(0, 1, 0, True, torch.device("cpu"))
         from src.training.network import build_network  # src/training/network.py imports this module's TrainInputError
         build_network(cfg, data.num_classes, cpu, resuming=False)  # loads and checks the --pretrained weights

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader
 from src.models import qat
 from src.runtime.amp import NoScaler, autocast, build_scaler
 from src.training.best import is_improvement
-from src.models.files import BEST_TAG, CHECKPOINT_SUFFIX, CheckpointError, CheckpointManager, restore_rng_state, rng_state
+from src.models.files import CHECKPOINT_SUFFIX, CheckpointError
+from src.training.checkpoints import BEST_TAG, CheckpointManager, restore_rng_state, rng_state
 from src.config import Config
 from src.data.dataset import Batch, ShardedEvalSampler, collate_skip_broken, to_device_normalized
 from src.runtime.distributed import DistInfo, barrier, init_distributed, is_initialized, seed_everything

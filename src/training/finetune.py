@@ -1,0 +1,51 @@
+"""finetune_auto: the fine-tuning recipe chosen from the size of the training set.
+
+Only keys the user did not set (``cfg.explicit``) are chosen; the lines returned say what was
+chosen and what was kept, and train.py prints them with the resolved config.
+"""
+from __future__ import annotations
+
+from src.config import Config
+
+# Fine-tuning recipes by training-set size: (max images, lr_max, epoch_size, batch_size, dropout).
+# Fewer images -> smaller batches (enough steps per epoch), more epochs, lower LR, more dropout.
+# Above the last bound the 5k-20k recipe is kept: larger sets fine-tune well with it.
+FINETUNE_TIERS: tuple[tuple[int, float, int, int, float], ...] = (
+    (1_000, 5e-4, 30, 16, 0.3),
+    (5_000, 1e-3, 18, 32, 0.2),
+    (20_000, 1.5e-3, 12, 64, 0.15),
+)
+FINETUNE_KEYS = ("lr_max", "epoch_size", "batch_size", "dropout")
+
+
+def _finetune_tier(num_train_images: int) -> tuple[str, tuple[float, ...]]:
+    """(description of the size bucket, its (lr_max, epoch_size, batch_size, dropout))."""
+    lower = 0
+    for bound, *values in FINETUNE_TIERS:
+        if num_train_images < bound:
+            span = f"under {bound:,}" if lower == 0 else f"{lower:,} to {bound - 1:,}"
+            return span, tuple(values)
+        lower = bound
+    return f"{lower:,} or more", FINETUNE_TIERS[-1][1:]
+
+
+def apply_finetune_defaults(cfg: Config, num_train_images: int) -> list[str]:
+    """Set lr_max/epoch_size/batch_size/dropout from the dataset size unless the user set them.
+
+    Changes ``cfg`` in place and returns lines for the log explaining each choice.
+    """
+    if num_train_images < 0:
+        raise ValueError(f"num_train_images must be >= 0, got {num_train_images}")
+    span, values = _finetune_tier(num_train_images)
+    chosen, kept = [], []
+    for name, value in zip(FINETUNE_KEYS, values):
+        if name in cfg.explicit:
+            kept.append(f"{name} {getattr(cfg, name)}")
+        else:
+            setattr(cfg, name, value)
+            chosen.append(f"{name} {value:g}")
+    lines = [f"finetune_auto: {num_train_images:,} training images ({span}) -> "
+             + (", ".join(chosen) if chosen else "nothing to choose")]
+    if kept:
+        lines.append("finetune_auto: kept values you set: " + ", ".join(kept))
+    return lines
