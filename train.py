@@ -24,7 +24,8 @@ from src.common.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OUT_OF_MEMORY
 from src.config import load_config
 from src.models.files import CheckpointWriteError
 from src.training.preflight import check_inputs
-from src.training.trainer import NonFiniteLossError, TrainOutOfMemory, run_training
+from src.training.errors import NonFiniteLossError, TrainOutOfMemory
+from src.training.loop import run_training
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

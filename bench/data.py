@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from src.data.dataset import to_device_normalized
 from src.models import default_preprocess
 from src.common.preprocess import Preprocess
-from src.data.transforms import build_eval_transform, build_train_transform
+from src.data.transforms import build_eval_transform, build_train_transform, resolve_augment, to_device_normalized
 
 from .common import MIN_IMAGE_SIZE, format_table, machine_info, paired_rounds
 
@@ -175,8 +174,8 @@ def build_pipelines(image_size: int, pre: Preprocess, train_interpolation: str) 
                           tv.CenterCrop(pre.crop), tv.ToTensor(), normalize])
     # "light" is random resized crop + flip + colour jitter; jitter off and torchvision's crop scale
     # (0.08, light's default is 0.25) to match torchvision's chain box for box.
-    ours_train = build_train_transform({"augment": "light", "color_jitter": 0.0, "crop_scale_min": 0.08},
-                                       image_size, train_interpolation)
+    light = resolve_augment({"augment": "light", "color_jitter": 0.0, "crop_scale_min": 0.08})
+    ours_train = build_train_transform(light, image_size, train_interpolation)
     return Pipelines(
         train={"torchvision": lambda p: tv_train(pil_loader(p)), "ours": ours_train},
         eval={"torchvision": lambda p: tv_eval(pil_loader(p)), "ours": build_eval_transform(pre),

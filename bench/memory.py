@@ -82,12 +82,12 @@ def warm_up_libraries(cfg_defaults, device: torch.device) -> None:
     """One step of a tiny model through the same code path, so modules loaded on first use
     (the first optimizer pulls in torch._dynamo, ~150 MB) are not counted as model memory."""
     from src.runtime.amp import autocast
-    from src.training.optimizer import build_optimizer
+    from src.training.trainer import optimizer_from_config
 
     tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                torch.nn.LazyLinear(2)).to(device)
     tiny(torch.zeros(2, 3, 8, 8, device=device))
-    optimizer = build_optimizer(tiny, cfg_defaults, LR)
+    optimizer = optimizer_from_config(tiny, cfg_defaults, LR)
     for amp in ("none", "bf16" if device.type == "cpu" else "fp16"):
         with autocast(device, amp):
             loss = tiny(torch.zeros(2, 3, 8, 8, device=device)).float().sum()
@@ -100,7 +100,7 @@ def measure(cfg: dict) -> dict:
     """One configuration, in this process: see the module doc for what is measured."""
     from src.runtime.amp import autocast, build_scaler
     from src.config import load_config
-    from src.training.optimizer import build_optimizer
+    from src.training.trainer import optimizer_from_config
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
@@ -111,7 +111,7 @@ def measure(cfg: dict) -> dict:
     rss_start = current_rss_bytes()
     gpu_start = torch.cuda.memory_allocated(device) if cuda else 0
     model = build(cfg["impl"], cfg["model"], cfg["checkpointing"]).to(device).train()
-    optimizer = build_optimizer(model, cfg_defaults, LR)
+    optimizer = optimizer_from_config(model, cfg_defaults, LR)
     for p in model.parameters():  # create the optimizer state now, as every later step has it
         p.grad = torch.zeros_like(p)
     optimizer.step()

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from src.data.dataset import ImageFolderDataset, collate_skip_broken
 from src.data.sampler import EpochSampler, SeededDataset
 from src.data.shards import ShardTrainStream, convert, find_shards, make_train_loader
-from src.data.transforms import build_train_transform
+from src.data.transforms import build_train_transform, resolve_augment
 
 from .common import format_table, machine_info, paired_rounds
 
@@ -49,7 +49,7 @@ def _count(loader_factory) -> int:
 def run_shards(args: argparse.Namespace, kinds, generate_jpegs, image_size: int, batch: int) -> dict:
     """One row per JPEG kind and source (see module doc); ``kinds``/``generate_jpegs`` from bench.data."""
     torch.set_num_threads(1)
-    transform = build_train_transform({"augment": "light"}, image_size, args.train_interpolation)
+    transform = build_train_transform(resolve_augment({"augment": "light"}), image_size, args.train_interpolation)
     data_dir = args.data_dir or os.path.join(tempfile.gettempdir(), "effnet_bench_jpegs")
     results, files_info = [], []
     for kind, count in kinds:

@@ -99,9 +99,8 @@ def plain_loop(p: dict) -> dict:
 
     from src.runtime.amp import autocast, build_scaler
     from src.config import load_config
-    from src.training.loss import build_loss
     from src.models import build_model, default_preprocess
-    from src.training.optimizer import build_optimizer
+    from src.training.trainer import loss_from_config, optimizer_from_config
 
     torch.manual_seed(1)
     device = torch.device(p["device"])
@@ -117,8 +116,8 @@ def plain_loop(p: dict) -> dict:
     model = build_model(p["model"], num_classes=num_classes, drop_path_rate=cfg.drop_path_rate).to(device)
     model = model.to(memory_format=torch.channels_last)  # train.py's default: compare pipelines, not layouts
     model.train()
-    optimizer = build_optimizer(model, cfg, cfg.lr_max)
-    criterion, scaler = build_loss(cfg, num_classes), build_scaler(p["amp"], 0.0, device)
+    optimizer = optimizer_from_config(model, cfg, cfg.lr_max)
+    criterion, scaler = loss_from_config(cfg, num_classes), build_scaler(p["amp"], 0.0, device)
     per_epoch, images, loss = [], 0, torch.zeros(())
     for _ in range(p["epochs"]):
         images, start = 0, time.perf_counter()

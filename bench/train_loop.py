@@ -73,10 +73,8 @@ def plain_loop(args: argparse.Namespace) -> dict:
     from torchvision import transforms as T
 
     from src.config import load_config
-    from src.training.loss import build_loss
-    from src.training.lr_generator import LRSchedule
     from src.models import build_model, default_preprocess
-    from src.training.optimizer import build_optimizer
+    from src.training.trainer import loss_from_config, optimizer_from_config, schedule_from_config
 
     cfg = load_config(common_overrides(args))
     torch.manual_seed(cfg.seed)
@@ -90,9 +88,9 @@ def plain_loop(args: argparse.Namespace) -> dict:
                         drop_path_rate=cfg.drop_path_rate)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    schedule = LRSchedule.from_config(cfg, len(loader))
-    optimizer = build_optimizer(model, cfg, schedule.lr_at(0))
-    criterion = build_loss(cfg, len(dataset.classes))
+    schedule = schedule_from_config(cfg, len(loader))
+    optimizer = optimizer_from_config(model, cfg, schedule.lr_at(0))
+    criterion = loss_from_config(cfg, len(dataset.classes))
     step, per_epoch = 0, []
     for _ in range(cfg.epoch_size):
         model.train()

@@ -397,18 +397,6 @@ def _coerce_stages(name: str, value: Any) -> list[dict[str, Any]]:
     return stages
 
 
-def progressive_stage(stages: list[dict[str, Any]] | None, epoch: int) -> dict[str, Any] | None:
-    """The stage in effect at 0-based ``epoch``; the last stage continues until training ends."""
-    if not stages:
-        return None
-    end = 0
-    for stage in stages:
-        end += stage["epochs"]
-        if epoch < end:
-            return stage
-    return stages[-1]
-
-
 def _suggest(name: str) -> str:
     close = difflib.get_close_matches(name, CONFIG_KEYS, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else "; run `python -m src.config --markdown` for every key"
@@ -519,50 +507,6 @@ def load_config(argv: list[str] | None = None, defaults_file: str | Path | None 
     cfg.explicit = set(values)
     cfg.command_line = set(overrides)
     return cfg
-
-
-# Fine-tuning recipes by training-set size: (max images, lr_max, epoch_size, batch_size, dropout).
-# Fewer images -> smaller batches (enough steps per epoch), more epochs, lower LR, more dropout.
-# Above the last bound the 5k-20k recipe is kept: larger sets fine-tune well with it.
-FINETUNE_TIERS: tuple[tuple[int, float, int, int, float], ...] = (
-    (1_000, 5e-4, 30, 16, 0.3),
-    (5_000, 1e-3, 18, 32, 0.2),
-    (20_000, 1.5e-3, 12, 64, 0.15),
-)
-FINETUNE_KEYS = ("lr_max", "epoch_size", "batch_size", "dropout")
-
-
-def _finetune_tier(num_train_images: int) -> tuple[str, tuple[float, ...]]:
-    """(description of the size bucket, its (lr_max, epoch_size, batch_size, dropout))."""
-    lower = 0
-    for bound, *values in FINETUNE_TIERS:
-        if num_train_images < bound:
-            span = f"under {bound:,}" if lower == 0 else f"{lower:,} to {bound - 1:,}"
-            return span, tuple(values)
-        lower = bound
-    return f"{lower:,} or more", FINETUNE_TIERS[-1][1:]
-
-
-def apply_finetune_defaults(cfg: Config, num_train_images: int) -> list[str]:
-    """Set lr_max/epoch_size/batch_size/dropout from the dataset size unless the user set them.
-
-    Changes ``cfg`` in place and returns lines for the log explaining each choice.
-    """
-    if num_train_images < 0:
-        raise ValueError(f"num_train_images must be >= 0, got {num_train_images}")
-    span, values = _finetune_tier(num_train_images)
-    chosen, kept = [], []
-    for name, value in zip(FINETUNE_KEYS, values):
-        if name in cfg.explicit:
-            kept.append(f"{name} {getattr(cfg, name)}")
-        else:
-            setattr(cfg, name, value)
-            chosen.append(f"{name} {value:g}")
-    lines = [f"finetune_auto: {num_train_images:,} training images ({span}) -> "
-             + (", ".join(chosen) if chosen else "nothing to choose")]
-    if kept:
-        lines.append("finetune_auto: kept values you set: " + ", ".join(kept))
-    return lines
 
 
 def markdown_table() -> str:

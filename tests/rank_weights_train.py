@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import train
-from src.training import trainer
+from src.training import loop
 
 
 def digest(tensors: list[torch.Tensor]) -> str:
@@ -27,19 +27,20 @@ def digest(tensors: list[torch.Tensor]) -> str:
 
 def main(argv: list[str]) -> int:
     out, runs = Path(argv[0]), []
-    train_run = trainer.train
+    train_run = loop.train
 
-    def train_and_keep(run: trainer.Run) -> trainer.TrainResult:
+    def train_and_keep(run: loop.Run) -> loop.TrainResult:
         runs.append(run)
         return train_run(run)
 
-    trainer.train = train_and_keep  # run_training looks it up when called
+    loop.train = train_and_keep  # run_training looks it up when called
     code = train.main(argv[1:])
     if code == 0:
         [run] = runs
-        ema = digest(list(run.ema.module.state_dict().values())) if run.ema is not None else None
-        record = {"rank": run.info.rank, "params": digest(list(run.model.parameters())),
-                  "buffers": digest(list(run.model.buffers())), "ema": ema}
+        ema, model = run.trainer.ema, run.trainer.model
+        record = {"rank": run.info.rank, "params": digest(list(model.parameters())),
+                  "buffers": digest(list(model.buffers())),
+                  "ema": digest(list(ema.module.state_dict().values())) if ema is not None else None}
         out.mkdir(parents=True, exist_ok=True)
         (out / f"rank{run.info.rank}.json").write_text(json.dumps(record))
     return code

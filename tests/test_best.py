@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from src.training.best import check_mode, is_improvement
+from src.training.best import EarlyStopping, check_mode, is_improvement
 
 
 def test_is_improvement():
@@ -18,3 +18,16 @@ def test_check_mode():
     assert check_mode("min") == "min"
     with pytest.raises(ValueError, match="^mode must be 'max' or 'min', got 'up'$"):
         check_mode("up")
+
+
+def test_early_stopping_counts():
+    stopper = EarlyStopping(patience=2, mode="max")
+    assert [stopper.step(v) for v in (0.5, 0.6, 0.6, 0.55)] == [False, False, False, True]
+    assert (stopper.best, stopper.bad_epochs) == (0.6, 2)
+    resumed = EarlyStopping(patience=2)
+    resumed.load_state_dict(stopper.state_dict())
+    assert (resumed.best, resumed.bad_epochs) == (0.6, 2)
+    by_loss = EarlyStopping(patience=1, mode="min", min_delta=0.1)
+    assert [by_loss.step(v) for v in (1.0, 0.95)] == [False, True]  # 0.05 better is not enough
+    with pytest.raises(ValueError, match="patience must be >= 1"):
+        EarlyStopping(patience=0)

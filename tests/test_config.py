@@ -15,11 +15,12 @@ from src.config import (
     MODEL_NAMES,
     Config,
     ConfigError,
-    apply_finetune_defaults,
     load_config,
     markdown_table,
-    progressive_stage,
 )
+from src.data.transforms import resolve_augment
+from src.training.finetune import apply_finetune_defaults
+from src.training.progressive import progressive_stage
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 REPO_ROOT = CONFIG_DIR.parent
@@ -325,13 +326,13 @@ def test_finetune_yaml_leaves_the_auto_keys_to_the_picker() -> None:
 
 def test_finetune_yaml_light_augment_is_mild_crops_without_randaugment() -> None:
     """finetune.yaml says "flips + mild crops (25-100% of the image) + colour jitter 0.1"."""
-    from src.data.transforms import resolve_augment
-
-    aug = resolve_augment(load_config(["--config", str(CONFIG_DIR / "finetune.yaml")]))
+    cfg = load_config(["--config", str(CONFIG_DIR / "finetune.yaml")])
+    aug = resolve_augment(cfg.to_dict(), cfg.explicit)
     assert (aug.augment, aug.crop_scale_min, aug.hflip, aug.color_jitter) == ("light", 0.25, 0.5, 0.1)
     assert (aug.auto_augment, aug.random_erasing) == ("none", 0.0)
     # a crop_scale_min you set wins over the preset's
-    assert resolve_augment(load_config(["--augment", "light", "--crop_scale_min", "0.08"])).crop_scale_min == 0.08
+    cfg = load_config(["--augment", "light", "--crop_scale_min", "0.08"])
+    assert resolve_augment(cfg.to_dict(), cfg.explicit).crop_scale_min == 0.08
 
 
 def test_help_lists_every_key_and_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,7 +59,7 @@ def test_docs_pages_are_linked_from_the_readme() -> None:
 
 
 ENTRY_POINT = re.compile(r"(train\.py|eval\.py|export\.py|benchmark\.py|infer/infer_onnx\.py|-m src\.models\.convert"
-                         r"|-m src\.shards)(.*)")
+                         r"|-m src\.data\.shards)(.*)")
 BENCHMARK_MODES = ("data", "model", "onnx", "memory", "train")
 # Prints {"script mode": "--help text"} for every entry point, in one process (torch imported once).
 HELP_PRINTER = """

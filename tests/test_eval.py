@@ -20,7 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import eval as eval_entry
-from src.data.dataset import ImageFolderDataset, collate_skip_broken, load_cifar_split, to_device_normalized
+from src.data.cifar import load_cifar_split
+from src.data.dataset import ImageFolderDataset, collate_skip_broken
+from src.data.transforms import to_device_normalized
 from src.evaluation.metrics import EvalResult, evaluate, format_result_line, write_confusion_csv
 from src.models import build_model, default_preprocess
 from src.models.pretrained import pretrained_url
@@ -81,7 +83,7 @@ def _predicted_classes(confusion: np.ndarray) -> int:
 
 
 def _train_checkpoint(model: nn.Module, ema: dict | None = None) -> dict:
-    """The dict train.py writes (src/training/trainer.py checkpoint_state), reduced to what eval.py reads."""
+    """The dict train.py writes (src/training/loop.py checkpoint_state), reduced to what eval.py reads."""
     return {"model": model.state_dict(), "epoch": 1, "step": 7, "config": {}, "model_name": "efficientnet_b0",
             "num_classes": len(CLASSES), "classes": list(CLASSES), "preprocess": B0_SMALL.to_dict(), "ema": ema}
 

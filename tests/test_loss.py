@@ -11,6 +11,7 @@ from torch import nn
 
 from src.config import ConfigError, load_config
 from src.training.loss import SmoothedCrossEntropy, build_loss
+from src.training.trainer import loss_from_config
 
 LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
 # log_softmax([1, 2, 3]) = [-2.40760596, -1.40760596, -0.40760596]; eps 0.3, C 3 -> on 0.7, off 0.15.
@@ -97,11 +98,11 @@ def test_shape_errors() -> None:
 
 
 def test_build_loss_from_config() -> None:
-    smooth = build_loss(load_config(["--label_smooth_factor", "0.2"]), num_classes=10)
+    smooth = loss_from_config(load_config(["--label_smooth_factor", "0.2"]), num_classes=10)
     assert isinstance(smooth, SmoothedCrossEntropy)
     assert (smooth.num_classes, smooth.smooth_factor) == (10, 0.2)
-    assert type(build_loss(load_config(["--use_label_smooth", "false"]), 10)) is nn.CrossEntropyLoss
-    assert type(build_loss(load_config(["--label_smooth_factor", "0"]), 10)) is nn.CrossEntropyLoss
-    assert build_loss(load_config(["--label_smooth_factor", "0.5"]), 2).on_value == 0.5  # the uniform target
+    assert type(loss_from_config(load_config(["--use_label_smooth", "false"]), 10)) is nn.CrossEntropyLoss
+    assert type(build_loss(10, label_smoothing=0.0)) is nn.CrossEntropyLoss
+    assert build_loss(2, label_smoothing=0.5).on_value == 0.5  # the uniform target
     with pytest.raises(ConfigError, match=r"label_smooth_factor 0.6 is above \(C - 1\) / C = 0.5 for 2 classes"):
-        build_loss(load_config(["--label_smooth_factor", "0.6"]), 2)
+        loss_from_config(load_config(["--label_smooth_factor", "0.6"]), 2)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from src.config import load_config
-from src.training.lr_generator import LRSchedule, PlateauScheduler, cosine_restarts_lr, get_lr
+from src.training.lr_generator import PlateauScheduler, cosine_restarts_lr, get_lr
+from src.training.trainer import schedule_from_config
 
 # lr_init 0.1, lr_max 1, lr_end 0, 1 warmup epoch of 2 steps, 3 epochs -> T = 6, W = 2.
 SMALL = dict(lr_init=0.1, lr_end=0.0, lr_max=1.0, warmup_epochs=1, total_epochs=3, steps_per_epoch=2)
@@ -112,7 +113,7 @@ def _cfg(*extra: str):
 
 
 def test_schedule_step_matches_get_lr_and_clamps_past_the_end() -> None:
-    schedule = LRSchedule.from_config(_cfg("--lr_decay_mode", "cosine"), steps_per_epoch=3)
+    schedule = schedule_from_config(_cfg("--lr_decay_mode", "cosine"), steps_per_epoch=3)
     expected = get_lr(0.1, 0.01, 1.0, 1, 4, 3, "cosine")
     assert [schedule.lr_at(i) for i in range(12)] == pytest.approx(expected.tolist())
     assert schedule.lr_at(50) == pytest.approx(expected[-1])
@@ -121,14 +122,14 @@ def test_schedule_step_matches_get_lr_and_clamps_past_the_end() -> None:
 
 def test_schedule_scale_lr_uses_global_batch() -> None:
     cfg = _cfg("--scale_lr", "--batch_size", "64", "--accumulate_grad_batches", "2", "--lr_base_batch", "128")
-    schedule = LRSchedule.from_config(cfg, steps_per_epoch=3, world_size=2)  # global 256 -> x2
+    schedule = schedule_from_config(cfg, steps_per_epoch=3, world_size=2)  # global 256 -> x2
     assert (schedule.lr_at(0), schedule.lr_at(3)) == pytest.approx((0.2, 2.0))
-    assert LRSchedule.from_config(_cfg(), steps_per_epoch=3, world_size=2).lr_at(3) == pytest.approx(1.0)
+    assert schedule_from_config(_cfg(), steps_per_epoch=3, world_size=2).lr_at(3) == pytest.approx(1.0)
 
 
 def test_schedule_plateau_resumes_exactly() -> None:
     cfg = _cfg("--lr_scheduler", "plateau", "--plateau_patience", "0", "--plateau_factor", "0.5")
-    schedule = LRSchedule.from_config(cfg, steps_per_epoch=3)
+    schedule = schedule_from_config(cfg, steps_per_epoch=3)
     assert schedule.lr_at(1) == pytest.approx(0.4)  # warmup still applies: 0.1 + 0.9 / 3
     assert schedule.lr_at(4) == 1.0
     assert [schedule.on_validation(m) for m in (0.3, 0.2)] == [False, True]
@@ -136,7 +137,7 @@ def test_schedule_plateau_resumes_exactly() -> None:
     buffer = io.BytesIO()
     torch.save(schedule.state_dict(), buffer)
     buffer.seek(0)
-    resumed = LRSchedule.from_config(cfg, steps_per_epoch=3)
+    resumed = schedule_from_config(cfg, steps_per_epoch=3)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert resumed.lr_at(7) == 0.5
     assert resumed.on_validation(0.25) is True and resumed.lr_at(8) == 0.25  # best 0.3 was restored
@@ -144,7 +145,7 @@ def test_schedule_plateau_resumes_exactly() -> None:
 
 def test_schedule_cosine_restarts_after_warmup() -> None:
     cfg = _cfg("--lr_scheduler", "cosine_restarts", "--restart_epochs", "2")
-    schedule = LRSchedule.from_config(cfg, steps_per_epoch=4)
+    schedule = schedule_from_config(cfg, steps_per_epoch=4)
     assert schedule.lr_at(4) == pytest.approx(1.0)
     assert schedule.lr_at(8) == pytest.approx(cosine_restarts_lr(1.0, 1.0, 0.01, 2))
     assert schedule.lr_at(12) == pytest.approx(1.0)  # restart two epochs after warmup
@@ -152,7 +153,7 @@ def test_schedule_cosine_restarts_after_warmup() -> None:
 
 
 def test_schedule_rejects_state_of_another_scheduler() -> None:
-    step = LRSchedule.from_config(_cfg(), steps_per_epoch=3)
-    plateau = LRSchedule.from_config(_cfg("--lr_scheduler", "plateau"), steps_per_epoch=3)
+    step = schedule_from_config(_cfg(), steps_per_epoch=3)
+    plateau = schedule_from_config(_cfg("--lr_scheduler", "plateau"), steps_per_epoch=3)
     with pytest.raises(ValueError, match="LR state is for lr_scheduler 'plateau', this run uses 'step'"):
         step.load_state_dict(plateau.state_dict())

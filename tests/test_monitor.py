@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src.training.monitor import (BestTracker, EarlyStopping, TrainMonitor, format_epoch_line, format_lr,
-                         format_step_line, format_val_line)
+from src.training.monitor import TrainMonitor, format_epoch_line, format_lr, format_step_line, format_val_line
 from src.training.plot import COLORS, PANEL_H, PANEL_W, read_curves, save_curves_png
 
 STEP_RE = re.compile(r"^epoch: \[ *(\d+)/ *(\d+)\], step:\[ *(\d+)/ *(\d+)\], loss:\[(\d+\.\d{3})/(\d+\.\d{3})\], "
@@ -252,25 +251,3 @@ def test_save_curves_png_with_no_validation(tmp_path):
         assert image.size == (3 * PANEL_W, PANEL_H)
         image = image.convert("RGB")
     assert [_has_color(image, COLORS[0], p, 40) for p in range(3)] == [True, False, True]
-
-
-def test_early_stopping_counts():
-    stopper = EarlyStopping(patience=2, mode="max")
-    assert [stopper.step(v) for v in (0.5, 0.6, 0.6, 0.55)] == [False, False, False, True]
-    assert (stopper.best, stopper.bad_epochs) == (0.6, 2)
-    resumed = EarlyStopping(patience=2)
-    resumed.load_state_dict(stopper.state_dict())
-    assert (resumed.best, resumed.bad_epochs) == (0.6, 2)
-    by_loss = EarlyStopping(patience=1, mode="min", min_delta=0.1)
-    assert [by_loss.step(v) for v in (1.0, 0.95)] == [False, True]  # 0.05 better is not enough
-    with pytest.raises(ValueError, match="patience must be >= 1"):
-        EarlyStopping(patience=0)
-
-
-def test_best_tracker():
-    tracker = BestTracker(mode="max")
-    assert [tracker.update(v) for v in (0.1, 0.3, 0.2, 0.3, 0.4)] == [True, True, False, False, True]
-    assert tracker.best == 0.4
-    assert BestTracker(mode="min", best=1.0).update(2.0) is False
-    with pytest.raises(ValueError, match="mode must be"):
-        BestTracker(mode="up")

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from src.config import load_config
-from src.training.optimizer import RMSpropTF, build_optimizer, param_groups
+from src.training.optimizer import RMSpropTF, param_groups
+from src.training.trainer import optimizer_from_config
 
 ALPHA, EPS, MOMENTUM, WD = 0.9, 1e-3, 0.9, 0.01
 LRS = [0.1, 0.1, 0.05, 0.05, 0.2]  # the LR changes mid-run
@@ -97,15 +98,15 @@ def test_param_groups_no_decay_on_bn_and_bias_and_skip_frozen() -> None:
 
 def test_build_optimizer_from_config() -> None:
     model = small_model()
-    rms = build_optimizer(model, load_config(["--weight_decay", "0.001"]), lr=0.02)
+    rms = optimizer_from_config(model, load_config(["--weight_decay", "0.001"]), lr=0.02)
     assert isinstance(rms, RMSpropTF)
     assert [(g["lr"], g["alpha"], g["eps"], g["momentum"], g["weight_decay"]) for g in rms.param_groups] == [
         (0.02, 0.9, 0.001, 0.9, 0.001), (0.02, 0.9, 0.001, 0.9, 0.0)]
-    sgd = build_optimizer(model, load_config(["--opt", "sgd", "--momentum", "0.8"]), lr=0.1)
+    sgd = optimizer_from_config(model, load_config(["--opt", "sgd", "--momentum", "0.8"]), lr=0.1)
     assert isinstance(sgd, torch.optim.SGD)
     assert [(g["momentum"], g["nesterov"], g["weight_decay"]) for g in sgd.param_groups] == [
         (0.8, True, 1e-5), (0.8, True, 0.0)]
-    adamw = build_optimizer(model, load_config(["--opt", "adamw", "--opt_eps", "1e-8", "--weight_decay", "0.05"]),
+    adamw = optimizer_from_config(model, load_config(["--opt", "adamw", "--opt_eps", "1e-8", "--weight_decay", "0.05"]),
                             lr=1e-3)
     assert isinstance(adamw, torch.optim.AdamW)
     assert [(g["eps"], g["weight_decay"]) for g in adamw.param_groups] == [(1e-8, 0.05), (1e-8, 0.0)]
@@ -123,7 +124,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
     batches = [torch.randn(2, 3, 4, 4) for _ in range(5)]
     cfg = load_config(["--weight_decay", "0.01"])
     model = small_model()
-    opt = build_optimizer(model, cfg, lr=0.01)
+    opt = optimizer_from_config(model, cfg, lr=0.01)
     _train_steps(model, opt, batches[:3])
 
     buffer = io.BytesIO()
@@ -132,7 +133,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
     saved = torch.load(buffer, weights_only=True)
     resumed = small_model()
     resumed.load_state_dict(saved["model"])
-    resumed_opt = build_optimizer(resumed, cfg, lr=0.01)
+    resumed_opt = optimizer_from_config(resumed, cfg, lr=0.01)
     resumed_opt.load_state_dict(saved["optimizer"])
 
     _train_steps(model, opt, batches[3:])

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from src.config import load_config
-from src.training.lr_generator import LRSchedule
+from src.training.trainer import schedule_from_config
 from src.training.progressive import stage_settings
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -54,11 +54,11 @@ def test_v2_s_learning_rate_warms_up_from_0_to_0256_at_4096_then_decays_097_ever
     cfg = load_config(["--config", str(V2_S)])
     steps_per_epoch = 10
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    paper = LRSchedule.from_config(cfg, steps_per_epoch, world_size=4096 // cfg.batch_size)  # global batch 4096
+    paper = schedule_from_config(cfg, steps_per_epoch, world_size=4096 // cfg.batch_size)  # global batch 4096
     assert paper.lr_at(0) == 0.0 and paper.lr_at(warmup // 2) == pytest.approx(0.128, rel=1e-12)
     assert paper.lr_at(warmup) == pytest.approx(0.256, rel=1e-12)
     decay_steps = int(cfg.lr_decay_epochs * steps_per_epoch)
     assert paper.lr_at(warmup + decay_steps - 1) == pytest.approx(0.256, rel=1e-12)
     assert paper.lr_at(warmup + decay_steps) == pytest.approx(0.256 * 0.97, rel=1e-12)
-    eight_gpus = LRSchedule.from_config(cfg, steps_per_epoch, world_size=8)  # 8 x 128: a quarter of the batch
+    eight_gpus = schedule_from_config(cfg, steps_per_epoch, world_size=8)  # 8 x 128: a quarter of the batch
     assert eight_gpus.lr_at(warmup) == pytest.approx(0.064, rel=1e-12)

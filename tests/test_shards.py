@@ -30,7 +30,7 @@ from src.data.dataset import collate_skip_broken
 from src.common.preprocess import Preprocess
 from src.data.shards import (INDEX_FILE, ShardEvalStream, ShardTrainStream, class_names, convert, find_shards,
                         index_folder, make_eval_loader, make_train_loader)
-from src.data.transforms import build_eval_transform, build_train_transform
+from src.data.transforms import build_eval_transform, build_train_transform, resolve_augment
 from tests.helpers_data import make_image_folder, write_broken_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def _plan(epoch: int = 0, start_batch: int = 0, rank: int = 0, world: int = 1, b
 
 
 def _batches(shard_dir: Path, plan, workers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    transform = build_train_transform({"augment": "light"}, 32, "bicubic")
+    transform = build_train_transform(resolve_augment({"augment": "light"}), 32, "bicubic")
     stream = ShardTrainStream(find_shards(str(shard_dir), "train"), ["a", "b", "c"], transform, seed=3)
     loader = make_train_loader(stream, plan, num_workers=workers, collate_fn=collate_skip_broken)
     return [(b.images, b.labels) for b in loader]

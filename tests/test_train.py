@@ -1,4 +1,4 @@
-"""train.py and src/training/trainer.py end to end, plus the loop's helper modules (sampler, amp, progressive).
+"""train.py and src/training/ (loop.py, trainer.py, step.py) end to end, plus the sampler, amp and progressive stages.
 
 Mixup and CutMix are tested in test_mixup.py.
 
@@ -30,7 +30,8 @@ from src.runtime.amp import DynamicScaler, NoScaler, StaticScaler, autocast, bui
 from src.config import load_config
 from src.models import build_model
 from src.models.effnet import EfficientNet
-from src.training.progressive import StageSettings, augment_config, set_dropout, stage_settings
+from src.training.data import augment_settings
+from src.training.progressive import StageSettings, set_dropout, stage_settings
 from src.data.sampler import EpochSampler, SeededDataset, sample_seed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,8 +205,11 @@ def test_progressive_stage_lookup_and_settings():
     assert got[0] == StageSettings(0, 64, 0.1, 5, 0.0)
     assert got[2] == StageSettings(1, 96, 0.25, 9, 0.2)  # keys a stage leaves out keep the run's values
     assert stage_settings(load_config([]), 3, 128) == StageSettings(-1, 128, None, 9, 0.0)
-    staged = augment_config(cfg, got[0])
-    assert staged.randaug_magnitude == 5 and "randaug_magnitude" in staged.explicit and cfg.randaug_magnitude == 9
+    assert augment_settings(cfg, got[0]).randaug_magnitude == 5 and cfg.randaug_magnitude == 9
+    # a stage's magnitude counts as set: the named preset's 9 cannot override it
+    moderate = load_config(["--progressive", stages, "--augment", "moderate"])
+    assert augment_settings(moderate, stage_settings(moderate, 0, 128)).randaug_magnitude == 5
+    assert augment_settings(moderate, stage_settings(moderate, 2, 128)).randaug_magnitude == 9
     model = build_model("efficientnet_b0", num_classes=2)
     set_dropout(model, 0.35)
     assert model.classifier[0].p == 0.35
@@ -415,7 +419,7 @@ class NaNOnCalls(nn.Module):
 
 @pytest.mark.slow
 def test_nonfinite_steps_are_skipped_and_counted(data2, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(trainer, "build_loss", lambda cfg, n: NaNOnCalls(nn.CrossEntropyLoss(), {1, 2}))
+    monkeypatch.setattr(trainer, "loss_from_config", lambda cfg, n: NaNOnCalls(nn.CrossEntropyLoss(), {1, 2}))
     args = BASE + ["--dataset_path", data2, "--save_checkpoint_path", tmp_path, "--epoch_size", "1",
                    "--max_nonfinite_steps", "3", "--batch_size", "8"]
     code, out, err = run_main(args, capsys)
@@ -426,7 +430,7 @@ def test_nonfinite_steps_are_skipped_and_counted(data2, tmp_path, monkeypatch, c
 
 @pytest.mark.slow
 def test_persistent_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data2, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(trainer, "build_loss", lambda cfg, n: NaNOnCalls(nn.CrossEntropyLoss(), None, from_call=7))
+    monkeypatch.setattr(trainer, "loss_from_config", lambda cfg, n: NaNOnCalls(nn.CrossEntropyLoss(), None, from_call=7))
     args = BASE + ["--dataset_path", data2, "--save_checkpoint_path", tmp_path, "--epoch_size", "3",
                    "--max_nonfinite_steps", "3", "--batch_size", "8"]  # 6 steps per epoch; NaN from step 8 on
     code, _, err = run_main(args, capsys)

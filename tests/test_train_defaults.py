@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,7 +16,7 @@ import yaml
 import eval as eval_entry
 import train
 from helpers_data import make_image_folder
-from src.training import trainer
+from src.training.step import StepExecutor, nonfinite_loss
 from src.runtime.amp import DynamicScaler, NoScaler, StaticScaler
 from src.models import build_model
 from src.training.run_dir import RunDirError, check_reuse, delete_run_files
@@ -66,8 +65,7 @@ def test_no_scaler_skips_a_step_whose_gradients_are_not_finite():
 
 def test_the_loss_check_is_a_device_flag_not_a_host_read():
     """No .item()/bool() per step: the flag stays a tensor on the loss's device until a step is skipped."""
-    run = SimpleNamespace(info=SimpleNamespace(distributed=False))
-    flags = [trainer.nonfinite_loss(torch.tensor(value), run) for value in (1.5, float("nan"), float("inf"), -0.0)]
+    flags = [nonfinite_loss(torch.tensor(value), distributed=False) for value in (1.5, float("nan"), float("inf"), -0.0)]
     assert all(isinstance(f, torch.Tensor) and f.device.type == "cpu" for f in flags)
     assert [f.tolist() for f in flags] == [[0.0], [1.0], [1.0], [0.0]]
 
@@ -95,15 +93,16 @@ def test_every_scaler_skips_a_step_flagged_for_a_non_finite_loss_even_with_finit
 
 
 def test_bf16_run_skips_and_counts_steps_with_non_finite_gradients(data3, tmp_path, monkeypatch, capsys):
-    original = trainer.forward_backward
+    original, calls = StepExecutor.forward_backward, []
 
-    def poisoned(run, batch, last_micro, micro):
-        loss = original(run, batch, last_micro, micro)
-        if run.progress.global_step in (1, 2):  # a finite loss whose gradients overflowed
-            next(run.model.parameters()).grad.fill_(float("nan"))
+    def poisoned(executor, batch, *args):
+        loss = original(executor, batch, *args)
+        calls.append(1)
+        if len(calls) in (2, 3):  # optimizer steps 1 and 2: a finite loss whose gradients overflowed
+            next(executor.model.parameters()).grad.fill_(float("nan"))
         return loss
 
-    monkeypatch.setattr(trainer, "forward_backward", poisoned)
+    monkeypatch.setattr(StepExecutor, "forward_backward", poisoned)
     code, out, err = run_train(["--dataset_path", data3, "--device_target", "CPU", "--amp", "bf16", *FAST,
                                 "--epoch_size", "1", "--num_workers", "0", "--save_checkpoint_path", tmp_path / "r"],
                                capsys)

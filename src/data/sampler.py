@@ -119,3 +119,19 @@ def _seed_all(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % NUMPY_SEED_MODULUS)
+
+
+class ShardedEvalSampler(Sampler[int]):
+    """Indices rank, rank + world, ... : every index exactly once across ranks, no padding, so
+    summed metrics cover the dataset exactly (DistributedSampler pads with repeats)."""
+
+    def __init__(self, n: int, rank: int, world: int) -> None:
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
+        self.n, self.rank, self.world = n, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))

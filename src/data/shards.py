@@ -61,10 +61,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from src.common.errors import EXIT_FAILED, BrokenImageWarning, InputError, report_error
 from src.common.preprocess import DatasetError, UnreadableImage, list_class_folders, load_rgb
 from src.data.sampler import sample_seed
+from src.runtime.distributed import default_num_workers
 
 __all__ = ["DEFAULT_SHARD_MB", "INDEX_FILE", "ShardEvalStream", "ShardSet", "ShardTrainStream",
            "class_names", "convert", "find_shards", "index_folder", "main", "make_eval_loader", "make_train_loader",
-           "shard_splits"]
+           "sibling_val"]
 
 INDEX_FILE = "shards.json"
 INDEX_FORMAT = "effnet-wds-1"
@@ -73,7 +74,6 @@ DEFAULT_SHARD_MB = 256.0
 MB = 1 << 20
 TAR_BLOCK = 512
 CONVERT_SEED = 0  # shuffles the training split once, so shards mix classes (and conversion stays reproducible)
-MAX_DEFAULT_WORKERS = 8
 SHUFFLE_BUFFER = 1000  # samples per loader worker; ~110 MB of ImageNet JPEGs
 LABEL_KEY = "cls"
 # Member extensions read as the image, in this order (Pillow identifies the format from the bytes).
@@ -560,25 +560,8 @@ class ShardEvalStream(IterableDataset):
 
 
 # --------------------------------------------------------------------------------------------
-# Datasets and loaders for the trainer and eval.py
+# Loaders for the trainer and eval.py (src.data.loaders picks them for shard streams)
 # --------------------------------------------------------------------------------------------
-def shard_splits(path: str, train_transform: Transform, eval_transform: Transform, seed: int,
-                 class_num: int | None = None) -> tuple[ShardTrainStream, ShardEvalStream | None, list[str]]:
-    """train.py's (train, val or None, classes) from --dataset_path (see module doc)."""
-    train = find_shards(path, "train")
-    if train is None or not train.urls:
-        raise DatasetError(f"no training shards in {path}: expected train-*.tar (python -m src.data.shards IMAGE_ROOT "
-                           f"{path}), an index file or a shard pattern")
-    if train.total < 1:
-        raise DatasetError(f"the training shards of {train.where} hold no samples")
-    classes = class_names(train, class_num)
-    val = sibling_val(path)
-    if val is not None and val.classes and train.classes and list(val.classes) != list(train.classes):
-        raise DatasetError(f"the train and val shards of {path} list different classes")
-    return (ShardTrainStream(train, classes, train_transform, seed),
-            ShardEvalStream(val, classes, eval_transform) if val is not None and val.urls else None, classes)
-
-
 def _worker_count(requested: int, streams: int) -> int:
     """Loader workers beyond the number of shards a process reads would only idle."""
     return max(0, min(requested, streams))
@@ -621,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="IMAGE_ROOT is a folder of shards written elsewhere (e.g. the hub's): count them once "
                              "and write its shards.json")
     parser.add_argument("--shard_size_mb", type=float, default=DEFAULT_SHARD_MB, help="largest shard (default 256)")
-    parser.add_argument("--workers", type=int, default=min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=int, default=default_num_workers(),
                         help="processes that check the images (default: CPUs, at most 8)")
     args = parser.parse_args(argv)
     try:

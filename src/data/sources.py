@@ -51,6 +51,7 @@ class Split:
     samples: list[tuple[str, int]] = field(default_factory=list)
     images: np.ndarray | None = None
     shards: ShardSet | None = None
+    name: str = ""  # CIFAR: "cifar10/test", the prefix of its sample names
 
     def __len__(self) -> int:
         return self.shards.total if self.shards is not None else len(self.samples)
@@ -84,8 +85,7 @@ class Split:
 
     def _mapped_dataset(self, transform: Transform, samples: list[tuple[str, int]], classes: list[str]) -> Dataset:
         if self.images is not None:
-            return ArrayImageDataset(self.images, [label for _, label in samples], classes, transform,
-                                     self.where.split(" ")[0])
+            return ArrayImageDataset(self.images, [label for _, label in samples], classes, transform, self.name)
         return ImageFolderDataset(samples, classes, transform)
 
 
@@ -159,8 +159,8 @@ def _unused(val_split: float, why: str) -> str:
 
 def _cifar_split(root: Path, name: str, split: str) -> Split:
     images, labels, classes = load_cifar_split(root, name, split)
-    return Split(name, classes, f"{name}/{split}" if split == "train" else f"{root} ({name} test batch)",
-                 [(f"{name}/{split}[{i}]", label) for i, label in enumerate(labels)], images)
+    return Split(name, classes, f"{root} ({name} {split} batch{'es' if split == 'train' else ''})",
+                 [(f"{name}/{split}[{i}]", label) for i, label in enumerate(labels)], images, name=f"{name}/{split}")
 
 
 def _folder_splits(root: Path, val_split: float, seed: int) -> Splits:

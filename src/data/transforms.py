@@ -1,7 +1,7 @@
 """Training augmentation and the eval transform, producing uint8 CHW tensors.
 
 Workers only decode, crop and augment; conversion to float and normalisation happen on the
-device (`src.data.dataset.to_device_normalized`), which keeps worker CPU and host->device bytes low.
+device (`to_device_normalized`, below), which keeps worker CPU and host->device bytes low.
 
 The training chain is a `torchvision.transforms.v2.Compose` on uint8 tensors, as torchvision
 recommends for speed: RandomResizedCrop (antialiased), RandomHorizontalFlip, the policies,
@@ -29,14 +29,15 @@ Named strengths (`augment`):
   strong    Inception crop + flip + AutoAugment(ImageNet) + colour jitter 0.4 + random erasing 0.25
   custom    every key from the config as given
 A preset fills the policy keys (color_jitter, auto_augment, randaug_*, random_erasing; light also
-crop_scale_min) that the config did not set explicitly (`cfg.explicit`); explicit keys always win.
-RandAugment runs when auto_augment is 'randaugment', with randaug_num_ops / randaug_magnitude.
+crop_scale_min) that were not set explicitly (``resolve_augment``'s ``explicit``); explicit keys always
+win. RandAugment runs when auto_augment is 'randaugment', with randaug_num_ops / randaug_magnitude.
+The builders take plain values (``AugmentConfig``), not the run's Config.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
-from typing import Any, BinaryIO, Callable, Mapping, Union
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 from PIL import Image
@@ -55,12 +56,12 @@ RRC_RATIO: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
 ERASING_SCALE: tuple[float, float] = (0.02, 1.0 / 3.0)
 ERASING_RATIO: tuple[float, float] = (0.3, 3.3)
 HFLIP_PROB = 0.5
+UINT8_MAX = 255.0
 # Filters torch resamples with antialiasing (Pillow's definitions); others fall back to Pillow.
 TORCH_RESAMPLING = ("bilinear", "bicubic")
 
 AUGMENT_LEVELS = ("none", "light", "moderate", "strong", "custom")
 AUTO_AUGMENT_POLICIES = ("none", "imagenet", "randaugment")
-ERASING_FILLS = ("zero", "random")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # mild crops (a quarter of the image or more), as fine-tune recipes use: small sets, few epochs
@@ -84,7 +85,6 @@ class AugmentConfig:
     randaug_magnitude: int = 9
     rotation: float = 0.0
     random_erasing: float = 0.0
-    erasing_fill: str = "zero"
     jpeg_draft: bool = True
 
     def __post_init__(self) -> None:
@@ -99,24 +99,17 @@ class AugmentConfig:
             ("randaug_magnitude", 0 <= self.randaug_magnitude <= 30, "in [0, 30]"),
             ("rotation", self.rotation >= 0.0, ">= 0 (degrees)"),
             ("random_erasing", 0.0 <= self.random_erasing <= 1.0, "a probability in [0, 1]"),
-            ("erasing_fill", self.erasing_fill in ERASING_FILLS, f"one of {ERASING_FILLS}"),
         ]
         for key, ok, expected in checks:
             if not ok:
                 raise ValueError(f"{key} must be {expected}, got {getattr(self, key)!r}")
 
 
-def resolve_augment(cfg: Any) -> AugmentConfig:
-    """AugmentConfig from a Config object or a dict, applying the named preset.
-
-    Keys missing from cfg take AugmentConfig's defaults. For objects, preset keys are taken
-    from cfg only when listed in `cfg.explicit`; for dicts every present key is explicit.
-    """
-    if isinstance(cfg, Mapping):
-        values, explicit = dict(cfg), set(cfg)
-    else:
-        values = {f.name: getattr(cfg, f.name) for f in fields(AugmentConfig) if hasattr(cfg, f.name)}
-        explicit = set(getattr(cfg, "explicit", ()) or ())
+def resolve_augment(values: Mapping[str, Any], explicit: Iterable[str] | None = None) -> AugmentConfig:
+    """AugmentConfig from config-key values (keys it does not know are ignored, missing ones take its
+    defaults), with the named preset (``values["augment"]``) filling the policy keys not in
+    ``explicit`` (None: every key of ``values`` counts as set)."""
+    explicit = set(values if explicit is None else explicit)
     known = {f.name for f in fields(AugmentConfig)}
     aug = AugmentConfig(**{k: v for k, v in values.items() if k in known})
     preset = {k: v for k, v in PRESETS.get(aug.augment, {}).items() if k not in explicit}
@@ -197,29 +190,9 @@ class RandomResizedCropDraft(v2.RandomResizedCrop):
 # --------------------------------------------------------------------------------------------
 # Erasing, the 'none' strength, the chains
 # --------------------------------------------------------------------------------------------
-class RandomBytesErasing(v2.RandomErasing):
-    """v2.RandomErasing whose rectangle gets uniform random bytes: v2's value='random' draws
-    standard-normal floats, meant for normalised float images, which a uint8 tensor cannot hold."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__(p=p, scale=ERASING_SCALE, ratio=ERASING_RATIO, value=0)
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        params = super().make_params(flat_inputs)
-        if params["v"] is not None:
-            channels = flat_inputs[0].shape[-3]
-            params["v"] = torch.randint(0, 256, (channels, params["h"], params["w"]), dtype=torch.uint8)
-        return params
-
-
-def random_erasing(p: float, fill: str = "zero") -> v2.RandomErasing:
-    """Random erasing (Zhong et al. 2017) on a uint8 CHW tensor: with probability p, one
-    rectangle of area fraction ~ U(0.02, 1/3), log-uniform aspect in (0.3, 3.3) is set to 0
-    ('zero') or to uniform random bytes per pixel ('random')."""
-    if fill not in ERASING_FILLS:
-        raise ValueError(f"erasing_fill must be one of {ERASING_FILLS}, got {fill!r}")
-    if fill == "random":
-        return RandomBytesErasing(p)
+def random_erasing(p: float) -> v2.RandomErasing:
+    """Random erasing (Zhong et al. 2017) on a uint8 CHW tensor: with probability p, one rectangle of
+    area fraction ~ U(0.02, 1/3), log-uniform aspect in (0.3, 3.3) is set to 0."""
     return v2.RandomErasing(p=p, scale=ERASING_SCALE, ratio=ERASING_RATIO, value=0)
 
 
@@ -243,17 +216,16 @@ class ResizeCenterCrop:
         return f"ResizeCenterCrop(resize={self.resize}, crop={self.crop}, {self.interpolation})"
 
 
-def build_train_transform(cfg: Any, image_size: int, interpolation: str,
+def build_train_transform(aug: AugmentConfig, image_size: int, interpolation: str,
                           eval_resize: int | None = None) -> v2.Compose:
-    """Training transform (file or PIL image -> uint8 (3, image_size, image_size) tensor) from
-    config keys (see AugmentConfig).
+    """Training transform (file or PIL image -> uint8 (3, image_size, image_size) tensor) with the
+    augmentation ``aug`` (resolve_augment makes one from config keys and a preset).
 
     eval_resize: shorter-side size for the 'none' strength (default image_size, no crop loss).
     The crop and flip run on the uint8 tensor, policies on a Pillow image (Pillow kernels),
     random erasing on the tensor again. Every random draw comes from torch's global generator,
     which the loaders seed per sample (src.data.sampler.SeededDataset): a resumed run replays it.
     """
-    aug = resolve_augment(cfg)
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, "
                          f"got {interpolation!r}")
@@ -278,7 +250,7 @@ def build_train_transform(cfg: Any, image_size: int, interpolation: str,
     if policies:
         ops += [v2.ToPILImage(), *policies, v2.PILToTensor()]
     if aug.random_erasing > 0:
-        ops.append(random_erasing(aug.random_erasing, aug.erasing_fill))
+        ops.append(random_erasing(aug.random_erasing))
     return v2.Compose(ops)
 
 
@@ -306,3 +278,17 @@ class EvalTransform:
 def build_eval_transform(pre: Preprocess, draft: bool = False) -> EvalTransform:
     """Eval transform matching eval.py / infer/ preprocessing (see EvalTransform)."""
     return EvalTransform(pre, draft)
+
+
+def to_device_normalized(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                         device: torch.device | str, channels_last: bool = False,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 NCHW -> (x / 255 - mean) / std on `device` (same float32 arithmetic as the eval
+    preprocessing), then cast to `dtype`. The uint8 copy is non-blocking (pin the batch)."""
+    x = images.to(device, non_blocking=True).to(torch.float32).div_(UINT8_MAX)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    x = x.sub_(mean_t).div_(std_t).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x

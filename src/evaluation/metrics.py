@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.runtime.amp import AMP_DTYPES, autocast
-from src.data.dataset import to_device_normalized
+from src.data.transforms import to_device_normalized
 from src.runtime.distributed import all_reduce_sum, is_initialized
 
 __all__ = ["TOP_K", "WORST_CLASSES", "EvalResult", "evaluate", "format_result_line",

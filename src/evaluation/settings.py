@@ -7,14 +7,13 @@ preprocessing); the variant's published settings; eval.py's own defaults.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from src.config import read_explicit
-from src.runtime.distributed import is_main_launch
+from src.runtime.distributed import default_num_workers, is_main_launch
 from src.models.loading import LoadedModel, load_published, load_trained, use_ema_flag
 from src.models.preprocessing import resolve_preprocess
 from src.common.preprocess import MAX_IMAGE_SIZE, Preprocess
@@ -22,7 +21,6 @@ from src.common.writable import unwritable_output
 from src.common.errors import InputError
 
 DEFAULT_BATCH_SIZE = 64
-MAX_DEFAULT_WORKERS = 8
 # Config keys eval.py honours when a --config YAML sets them (command-line flags still win).
 # `pretrained` is left out on purpose: in a training YAML it names the fine-tuning start, not what to score.
 CONFIG_KEYS = ("model", "dataset", "dataset_path", "checkpoint_path", "device_target", "batch_size",
@@ -74,7 +72,7 @@ def merge_settings(args: argparse.Namespace) -> Settings:
     device_target = pick("device_target") or ("GPU" if torch.cuda.is_available() else "CPU")
     batch_size = next(v for v in (args.batch_size, cfg.get("eval_batch_size"), cfg.get("batch_size"),
                                   DEFAULT_BATCH_SIZE) if v is not None)
-    num_workers = pick("num_workers", min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+    num_workers = pick("num_workers", default_num_workers())  # CPUs shared by the processes of this node
     if batch_size < 1 or num_workers < 0:
         raise EvalInputError(f"--batch_size must be >= 1 and --num_workers >= 0, "
                              f"got {batch_size} and {num_workers}")

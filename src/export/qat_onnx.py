@@ -184,18 +184,6 @@ def compare_qat(logits: np.ndarray, model: torch.nn.Module, x: torch.Tensor) -> 
                     float((logits.argmax(1) == fake.argmax(1)).mean()))
 
 
-def verify_qat_onnx(logits: np.ndarray, model: torch.nn.Module, x: torch.Tensor) -> QatCheck:
-    """On inputs like the training data (where the network is not chaotic), the file must be closer
-    to the fake-quantized model than int8 itself is to float: rounding ties may fall the other way
-    in onnxruntime's integer kernels, a wrong scale or a float-run layer cannot hide below that
-    bound. Raises ValueError otherwise."""
-    check = compare_qat(logits, model, x)
-    if not check.file_error <= check.int8_error:
-        raise ValueError(f"the int8 file is further from the fake-quantized model than int8 is from float: "
-                         f"{check.describe()}")
-    return check
-
-
 def write_bias_corrected_int8(model: torch.nn.Module, fp32_path: str | os.PathLike, out_path: str | os.PathLike,
                               size: int, calib_dir: str | os.PathLike, calib_images: int,
                               announce=print) -> Path:

@@ -23,6 +23,7 @@ from src.common.errors import InputError
 DEFAULT_MASTER_PORT = 29500
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
 NUMPY_SEED_MODULUS = 2**32  # numpy seeds must fit in uint32
+MAX_DEFAULT_WORKERS = 8  # DataLoader workers per process when none are asked for (and CPUs allow)
 _TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 _SLURM_KEYS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 
@@ -129,6 +130,13 @@ def init_distributed(device_target: str, backend: str | None = None) -> DistInfo
                             rank=launch.rank, world_size=launch.world_size, timeout=PROCESS_GROUP_TIMEOUT,
                             device_id=device if device.type == "cuda" else None)  # binds NCCL to our GPU
     return DistInfo(launch.rank, launch.world_size, launch.local_rank, launch.rank == 0, device)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers per process when the user sets none: the CPUs this process may use, shared
+    by the processes the launcher started on this node (LOCAL_WORLD_SIZE), at most MAX_DEFAULT_WORKERS."""
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return min(MAX_DEFAULT_WORKERS, max(1, len(os.sched_getaffinity(0)) // local_processes))
 
 
 def is_main_launch() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,15 +54,16 @@ class SmoothedCrossEntropy(nn.Module):
         return f"num_classes={self.num_classes}, smooth_factor={self.smooth_factor}"
 
 
-def build_loss(cfg: Any, num_classes: int) -> nn.Module:
-    """SmoothedCrossEntropy when use_label_smooth and label_smooth_factor > 0, else nn.CrossEntropyLoss.
+def build_loss(num_classes: int, label_smoothing: float = 0.0) -> nn.Module:
+    """SmoothedCrossEntropy when ``label_smoothing`` > 0, else nn.CrossEntropyLoss.
 
-    Both accept class indices or (N, C) probability targets.
+    Both accept class indices or (N, C) probability targets. A factor above (C - 1) / C would make
+    the true class weigh less than the others: ConfigError names the key to lower.
     """
-    if not (cfg.use_label_smooth and cfg.label_smooth_factor > 0):
+    if label_smoothing <= 0:
         return nn.CrossEntropyLoss()
-    if cfg.label_smooth_factor > max_smooth_factor(num_classes):
-        raise ConfigError(f"label_smooth_factor {cfg.label_smooth_factor} is above (C - 1) / C = "
+    if label_smoothing > max_smooth_factor(num_classes):
+        raise ConfigError(f"label_smooth_factor {label_smoothing} is above (C - 1) / C = "
                           f"{max_smooth_factor(num_classes):g} for {num_classes} classes (the true class would weigh "
                           f"less than the others); use at most that")
-    return SmoothedCrossEntropy(num_classes, cfg.label_smooth_factor)
+    return SmoothedCrossEntropy(num_classes, label_smoothing)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from src.config import LR_DECAY_MODES
 from src.training.best import check_mode, is_improvement
 
 # 'steps' mode: multiply by STEP_DECAY_FACTOR at these fractions of all training steps.
@@ -23,7 +24,6 @@ STEP_DECAY_FACTOR = 0.1
 DEFAULT_DECAY_RATE = 0.97
 DEFAULT_DECAY_EPOCHS = 2.4
 DEFAULT_POWER = 2.0
-DECAY_MODES = ("linear", "liner", "cosine", "steps", "poly", "exponential", "constant")
 MODE_ALIASES = {"liner": "linear"}  # ModelZoo's GPU config spells linear "liner"
 MODE_KWARGS = {"decay_rate", "decay_epochs", "power"}
 SCHEDULERS = ("step", "plateau", "cosine_restarts")
@@ -51,7 +51,7 @@ def _lr_for_steps(steps: np.ndarray, lr_init: float, lr_end: float, lr_max: floa
     elif mode == "constant":
         decayed = np.full_like(steps, lr_max)
     else:
-        raise ValueError(f"lr_decay_mode {mode!r} is not one of {', '.join(DECAY_MODES)}")
+        raise ValueError(f"lr_decay_mode {mode!r} is not one of {', '.join(LR_DECAY_MODES)}")
     if warmup_steps == 0:
         return decayed
     warm = lr_init + (lr_max - lr_init) * steps / warmup_steps
@@ -61,8 +61,8 @@ def _lr_for_steps(steps: np.ndarray, lr_init: float, lr_end: float, lr_max: floa
 def _check_schedule_args(lr_decay_mode: str, total_epochs: int, steps_per_epoch: int, warmup_epochs: float,
                          mode_kwargs: dict[str, Any]) -> str:
     mode = MODE_ALIASES.get(lr_decay_mode, lr_decay_mode)
-    if mode not in DECAY_MODES:
-        raise ValueError(f"lr_decay_mode {lr_decay_mode!r} is not one of {', '.join(DECAY_MODES)}")
+    if mode not in LR_DECAY_MODES:
+        raise ValueError(f"lr_decay_mode {lr_decay_mode!r} is not one of {', '.join(LR_DECAY_MODES)}")
     if steps_per_epoch < 1 or total_epochs < 1:
         raise ValueError(f"need steps_per_epoch >= 1 and total_epochs >= 1, got {steps_per_epoch} and {total_epochs}")
     if warmup_epochs < 0:
@@ -184,19 +184,6 @@ class LRSchedule:
         self.mode_kwargs = mode_kwargs
         self.restart_epochs, self.restart_mult = restart_epochs, restart_mult
         self.plateau = PlateauScheduler(lr_max, plateau_factor, plateau_patience, min_lr=lr_end, mode="max")
-
-    @classmethod
-    def from_config(cls, cfg: Any, steps_per_epoch: int, world_size: int = 1) -> "LRSchedule":
-        """Build from a Config; ``steps_per_epoch`` counts optimizer steps (after gradient accumulation)."""
-        scale = 1.0
-        if cfg.scale_lr:  # linear scaling rule (Goyal et al.): LR proportional to the global batch
-            scale = cfg.batch_size * world_size * cfg.accumulate_grad_batches / cfg.lr_base_batch
-        return cls(scheduler=cfg.lr_scheduler, lr_init=cfg.lr_init * scale, lr_max=cfg.lr_max * scale,
-                   lr_end=cfg.lr_end * scale, warmup_epochs=cfg.warmup_epochs, total_epochs=cfg.epoch_size,
-                   steps_per_epoch=steps_per_epoch, lr_decay_mode=cfg.lr_decay_mode, decay_rate=cfg.lr_decay_rate,
-                   decay_epochs=cfg.lr_decay_epochs, power=cfg.lr_power, plateau_factor=cfg.plateau_factor,
-                   plateau_patience=cfg.plateau_patience, restart_epochs=cfg.restart_epochs,
-                   restart_mult=cfg.restart_mult)
 
     def lr_at(self, global_step: int) -> float:
         """LR for optimizer step ``global_step`` (0-based); steps past the end keep the last value."""

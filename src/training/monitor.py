@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from src.training.best import check_mode, is_improvement
 from src.training.plot import MATPLOTLIB_NOTE, save_curves_png
 from src.training.scalar_logs import SUMMARY_FILE, TENSORBOARD_NOTE, SummaryCsv, open_tensorboard, scalars
 
@@ -233,48 +232,3 @@ class TrainMonitor:
         if png is None:
             self.log(MATPLOTLIB_NOTE)
         return png
-
-
-class BestTracker:
-    """Remembers the best metric seen; ``update`` says whether the new value is a new best."""
-
-    def __init__(self, mode: str = "max", best: float | None = None) -> None:
-        self.mode, self.best = check_mode(mode), best
-
-    def is_better(self, value: float, min_delta: float = 0.0) -> bool:
-        return is_improvement(value, self.best, self.mode, min_delta)
-
-    def update(self, value: float) -> bool:
-        if self.is_better(value):
-            self.best = value
-            return True
-        return False
-
-
-class EarlyStopping:
-    """Stop after ``patience`` evaluations without an improvement larger than ``min_delta``."""
-
-    def __init__(self, patience: int, mode: str = "max", min_delta: float = 0.0) -> None:
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
-        self.patience, self.min_delta = patience, min_delta
-        self.tracker = BestTracker(mode)
-        self.bad_epochs = 0
-
-    def step(self, value: float) -> bool:
-        """Record one evaluation; True means training should stop now."""
-        if self.tracker.is_better(value, self.min_delta):
-            self.tracker.best, self.bad_epochs = value, 0
-        else:
-            self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
-
-    @property
-    def best(self) -> float | None:
-        return self.tracker.best
-
-    def state_dict(self) -> dict:
-        return {"best": self.tracker.best, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.tracker.best, self.bad_epochs = state["best"], int(state["bad_epochs"])

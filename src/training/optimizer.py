@@ -144,13 +144,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: Any, lr: float) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.opt`` over the decay / no-decay groups, starting at ``lr``."""
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.opt == "rmsprop":
-        return RMSpropTF(groups, lr=lr, alpha=cfg.rmsprop_decay, eps=cfg.opt_eps, momentum=cfg.momentum)
-    if cfg.opt == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.opt == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS, eps=cfg.opt_eps)
-    raise ValueError(f"opt {cfg.opt!r} is not one of rmsprop, sgd, adamw")
+def build_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                    eps: float = DEFAULT_EPS, alpha: float = DEFAULT_ALPHA, nesterov: bool = False
+                    ) -> torch.optim.Optimizer:
+    """Optimizer ``opt`` (rmsprop: TF-style RMSpropTF; sgd; adamw) over the decay / no-decay groups,
+    starting at ``lr``. ``alpha`` is RMSProp's mean-square decay, ``nesterov`` SGD's."""
+    groups = param_groups(model, weight_decay)
+    if opt == "rmsprop":
+        return RMSpropTF(groups, lr=lr, alpha=alpha, eps=eps, momentum=momentum)
+    if opt == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+    if opt == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS, eps=eps)
+    raise ValueError(f"opt {opt!r} is not one of rmsprop, sgd, adamw")

