@@ -14,13 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import benchmark
 from bench import data as data_mode
+from bench.finetune import scaled_epochs
+from bench.finetune_sets import SetSpec, check_set, parse_set, training_root
 from bench.memory import add_savings
+from bench.plain_finetune import plain_finetune
 from infer.quantize import compare_accuracy
+from src.common.errors import InputError
+from src.common.preprocess import list_class_folders
+from src.config import load_config
 from src.export.graph import op_counts
+from src.training.finetune import apply_finetune_defaults, recipe_for
+from tests.helpers_data import make_image_folder
 
 FLOWERS = Path(__file__).parent / "data" / "flowers17"  # 6 labelled classes x 4 photos
 
@@ -251,6 +260,8 @@ def no_run(monkeypatch):
     (["memory", "--image_size", "16"], "--image_size must be >= 32, got 16"),
     (["train", "--num_workers", "-1"], "--num_workers must be >= 0, got -1"),
     (["train", "--per_class", "0"], "--per_class must be >= 1, got 0"),
+    (["finetune", "--sets", "x", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["finetune", "--sets", "x", "--image_size", "16"], "--image_size must be >= 32, got 16"),
 ])
 def test_bad_counts_and_sizes_exit_2_before_the_run(no_run, capsys, argv, message):
     assert benchmark.main(argv) == 2
@@ -270,3 +281,109 @@ def test_unwritable_outputs_exit_2_before_the_run(no_run, capsys, tmp_path):
         assert capsys.readouterr().err.strip() == f"error: --data_dir {a_file}: {in_the_way}"
     assert benchmark.main(["onnx", "--int8", "--save_dir", str(a_file)]) == 2
     assert capsys.readouterr().err.strip() == f"error: --save_dir {a_file}: {in_the_way}"
+
+
+# --- finetune: the recipe vs a plain loop over sets and seeds ------------------------------------
+
+@pytest.fixture
+def toy_set(tmp_path) -> Path:
+    """3 classes x 6 train / 6 val images of 40x30 px."""
+    return make_image_folder(tmp_path / "toy", classes=3, per_class=6, split="both")
+
+
+def test_finetune_set_specs_parse():
+    assert parse_set("data/flowers17") == SetSpec("data/flowers17", None)
+    assert parse_set("data/flowers17:10") == SetSpec("data/flowers17", 10)
+    assert parse_set("digits:5") == SetSpec("digits", 5)
+    assert [parse_set(t).label for t in ("data/flowers17/", "data/flowers17:10", "digits")] == [
+        "flowers17", "flowers17:10", "digits"]
+    for text, message in (("flowers17:0", "PER_CLASS must be >= 1, got 0"),
+                          ("flowers17:-3", "PER_CLASS must be >= 1, got -3"),
+                          ("flowers17:ten", "PER_CLASS must be a whole number, got 'ten'"),
+                          (":5", "no ROOT before ':'")):
+        with pytest.raises(InputError, match=message):
+            parse_set(text)
+
+
+def test_finetune_subsets_are_seeded_exact_and_leave_val_whole(toy_set, tmp_path):
+    photo_set = check_set(parse_set(f"{toy_set}:3"))
+    assert (photo_set.classes, photo_set.train_per_class, photo_set.val_images) == (
+        ["class_00", "class_01", "class_02"], [6, 6, 6], 18)
+    assert photo_set.train_images == 9
+    picks = {}
+    for name, seed in (("a", 0), ("b", 1), ("again", 0)):
+        root = training_root(photo_set, seed, tmp_path / name)
+        classes, train = list_class_folders(root / "train")
+        assert classes == photo_set.classes
+        assert np.bincount([c for _, c in train]).tolist() == [3, 3, 3]   # exactly PER_CLASS per class
+        targets = [Path(p).resolve() for p, _ in train]
+        assert all(t.parent.parent == toy_set / "train" for t in targets)  # links into the set's train/
+        picks[name] = sorted(targets)
+        assert (root / "val").resolve() == toy_set / "val"   # val/ whole: the set's own
+    assert picks["a"] == picks["again"] and picks["a"] != picks["b"]
+    assert [len(list((toy_set / split).rglob("*.jpg"))) for split in ("train", "val")] == [18, 18]  # untouched
+    assert training_root(check_set(parse_set(str(toy_set))), 0, tmp_path / "full") == toy_set
+    with pytest.raises(InputError, match="class 'class_00' has only 6 training images; PER_CLASS must be <= 6"):
+        check_set(parse_set(f"{toy_set}:7"))
+
+
+def test_recipe_for_is_what_finetune_auto_sets():
+    for images in (12, 999, 1000, 3068, 50_000):
+        cfg = load_config([])
+        apply_finetune_defaults(cfg, images)
+        recipe = recipe_for(images, 10)
+        assert recipe == {k: getattr(cfg, k) for k in ("lr_max", "epoch_size", "batch_size", "dropout")}
+
+
+def test_finetune_mode_runs_recipe_and_plain_loop_per_seed(toy_set, tmp_path, capsys):
+    p = run_mode(tmp_path, ["finetune", "--sets", f"{toy_set}:4", "--seeds", "1", "--image_size", "32",
+                            "--epochs_scale", "0.05", "--num_workers", "0"])
+    epochs = {"recipe": scaled_epochs(recipe_for(12, 3)["epoch_size"], 0.05), "plain_loop": 1}
+    assert [(r["set"], r["seed"], r["method"], r["epochs"], r["image_size"]) for r in p["runs"]] == [
+        ("toy:4", 0, "recipe", epochs["recipe"], 32), ("toy:4", 0, "plain_loop", 1, 32)]
+    for r in p["runs"]:
+        assert 0.0 <= r["top1"] <= 1.0 and (r["top1"] * 18).is_integer() and r["seconds"] > 0
+    recipe, plain = p["runs"]
+    assert "--config configs/finetune.yaml" in recipe["command"] and "--seed 0" in recipe["command"]
+    assert f"--epoch_size {epochs['recipe']}" in recipe["command"] and "--device_target CPU" in recipe["command"]
+    (s,) = p["summary"]
+    assert (s["set"], s["images"], s["classes"], s["val_images"]) == ("toy:4", 12, 3, 18)
+    assert s["recipe"]["top1_mean"] == recipe["top1"] and s["plain_loop"]["top1_mean"] == plain["top1"]
+    assert s["recipe"]["top1_std"] is None and s["within_one_plain_std"] is None   # one seed: no spread
+    assert s["lead_points"] == pytest.approx(100 * (recipe["top1"] - plain["top1"]))
+    assert p["machine"]["cpu"] and p["seeds"] == [0]
+    assert "| toy:4 | 12 | 3 |" in capsys.readouterr().out
+
+
+def test_plain_finetune_loop_is_seeded(toy_set):
+    _, train = list_class_folders(toy_set / "train")
+    _, val = list_class_folders(toy_set / "val")
+    runs = [plain_finetune(train, val, 3, "efficientnet_lite0", 32, epochs=2, seed=5) for _ in range(2)]
+    (model_a, top1_a), (model_b, top1_b) = runs
+    assert top1_a == top1_b and 0.0 <= top1_a <= 1.0
+    state_b = model_b.state_dict()
+    assert all(torch.equal(v, state_b[k]) for k, v in model_a.state_dict().items())
+
+
+def test_finetune_bad_sets_exit_2_with_one_line(toy_set, tmp_path, capsys):
+    for argv, message in (
+        (["--sets", str(tmp_path / "missing")], f"--sets {tmp_path}/missing: no such folder"),
+        (["--sets", str(toy_set / "train")], "expected a dataset root with train/<class>/* and val/<class>/*"),
+        (["--sets", f"{toy_set}:7"], "class 'class_00' has only 6 training images; PER_CLASS must be <= 6"),
+        (["--sets", f"{toy_set}:0"], "PER_CLASS must be >= 1, got 0"),
+        (["--sets", str(toy_set), "--epochs_scale", "0"], "--epochs_scale must be > 0, got 0.0"),
+        (["--sets", str(toy_set), "--model", "efficientnet_b9"], "unknown model 'efficientnet_b9'"),
+    ):
+        assert benchmark.main(["finetune", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_finetune_digits_set_is_make_digits_folder(tmp_path):
+    pytest.importorskip("sklearn")
+    from bench.finetune_sets import write_digits
+
+    photo_set = check_set(parse_set("digits:5"), write_digits(tmp_path))
+    assert (len(photo_set.classes), photo_set.val_images, photo_set.train_images) == (10, 359, 50)
+    _, train = list_class_folders(training_root(photo_set, 2, tmp_path / "subset") / "train")
+    assert np.bincount([c for _, c in train]).tolist() == [5] * 10

@@ -29,16 +29,30 @@ def _finetune_tier(num_train_images: int) -> tuple[str, tuple[float, ...]]:
     return f"{lower:,} or more", FINETUNE_TIERS[-1][1:]
 
 
-def apply_finetune_defaults(cfg: Config, num_train_images: int) -> list[str]:
-    """Set lr_max/epoch_size/batch_size/dropout from the dataset size unless the user set them.
+def recipe_for(num_train_images: int, num_classes: int) -> dict[str, object]:
+    """The values finetune_auto chooses for a training set of this size, by key (FINETUNE_KEYS).
 
-    Changes ``cfg`` in place and returns lines for the log explaining each choice.
+    The one rule: apply_finetune_defaults sets these on a Config, and ``benchmark.py finetune``
+    asks it how many epochs a set gets (to scale them). ``num_classes`` is part of the question
+    (0: not known); the current tiers answer from the image count alone.
     """
     if num_train_images < 0:
         raise ValueError(f"num_train_images must be >= 0, got {num_train_images}")
-    span, values = _finetune_tier(num_train_images)
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    return dict(zip(FINETUNE_KEYS, _finetune_tier(num_train_images)[1]))
+
+
+def apply_finetune_defaults(cfg: Config, num_train_images: int, num_classes: int = 0) -> list[str]:
+    """Set lr_max/epoch_size/batch_size/dropout from the dataset size unless the user set them.
+
+    Changes ``cfg`` in place and returns lines for the log explaining each choice. The values are
+    recipe_for's; ``num_classes`` 0 = not known.
+    """
+    recipe = recipe_for(num_train_images, num_classes)
+    span = _finetune_tier(num_train_images)[0]
     chosen, kept = [], []
-    for name, value in zip(FINETUNE_KEYS, values):
+    for name, value in recipe.items():
         if name in cfg.explicit:
             kept.append(f"{name} {getattr(cfg, name)}")
         else:
