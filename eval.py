@@ -4,10 +4,11 @@
     python eval.py --model efficientnet_b0 --pretrained --dataset_path /data/imagenet   # torchvision weights
     torchrun --nproc_per_node 8 eval.py --checkpoint_path ... --dataset_path ...     # same numbers, faster
     python eval.py --checkpoint_path ... --dataset wds --dataset_path /data/imagenet-wds  # tar shards (val-*.tar)
+    python eval.py --checkpoint_path ... --dataset_path photos --report runs/report   # + pictures of the mistakes
 
 The checkpoint is a train.py checkpoint (model name, classes and preprocessing are read from it), a
 plain state_dict such as torchvision's (``--model`` names the variant; the class count comes from
-``classifier.1.weight``), or ``--pretrained [imagenet|PATH]``. ``--dataset_path`` is a dataset root
+``classifier.1.weight``), or ``--pretrained NAME`` (imagenet, a registry name, hf-hub:REPO or a file). ``--dataset_path`` is a dataset root
 (its val/ is used), any folder of class folders, or a CIFAR-10/100 folder as train.py reads it (its
 test batch is scored). Bad input ends with one ``error: ...`` line and exit status 2.
 """
@@ -27,8 +28,9 @@ from src.runtime.distributed import cleanup, init_distributed
 from src.evaluation.data import EVAL_DATASET_KINDS, build_loader, map_to_model, read_eval_data
 from src.evaluation.settings import (DEFAULT_BATCH_SIZE, EvalInputError, check_output_files, eval_preprocess, load_model,
                                merge_settings)
-from src.evaluation.report import print_report, save_reports, start_lines
+from src.evaluation.report import print_report, save_report_dir, save_reports, start_lines
 from src.evaluation.metrics import evaluate
+from src.evaluation.mistakes import MistakeRecorder
 from src.runtime.host_memory import reuse_freed_memory_if_requested
 from src.models.loading import add_use_ema_argument
 from src.models.pretrained import IMAGENET
@@ -53,13 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: the config's, else GPU when CUDA is available, else CPU")
     add("--batch_size", type=int, metavar="N", help=f"images per batch per process (default {DEFAULT_BATCH_SIZE})")
     add("--num_workers", type=int, metavar="N", help="data loader processes per process")
-    add("--padding", choices=PADDINGS, help="force the conv padding of a weight file (default: what "
-        "the file says or its layout implies; same = TensorFlow's, for Google's checkpoints)")
+    add("--padding", choices=PADDINGS, help="force the conv padding of a weight file (default: what the file "
+        "says, its layout implies or, timm's layout, its BatchNorm statistics fit; same = TensorFlow's, for Google's)")
     add_use_ema_argument(p)
-    add("--pretrained", nargs="?", const=IMAGENET, metavar="imagenet|PATH",
-        help="torchvision's ImageNet weights for --model (downloaded once), or a local weight file")
+    add("--pretrained", nargs="?", const=IMAGENET, metavar="NAME",
+        help="published weights by name (imagenet: the --model's reference weights; a registry name, python -m "
+             "src.models --weights; hf-hub:OWNER/REPO for timm's on the Hugging Face hub) or a local weight file")
     add("--output_json", metavar="PATH", help="write all metrics (per class too) to this JSON file")
     add("--confusion_csv", metavar="PATH", help="write the confusion matrix (rows: true, columns: predicted)")
+    add("--report", metavar="DIR", help="write eval.json, confusion.csv, mistakes.csv (the most confident mistakes) "
+        "and confusion.png, per_class.png, mistakes.png into DIR")
     add("--resize", type=int, metavar="N", help="resize the shorter side to N (alone: keeps the crop ratio)")
     add("--crop", type=int, metavar="N", help="center crop N (alone: keeps the resize/crop ratio)")
     add("--interpolation", choices=sorted(INTERPOLATIONS), help="resize filter")
@@ -93,15 +98,18 @@ def run(argv: Sequence[str] | None) -> int:
         model = loaded.model.to(info.device)
         if s.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        loader = build_loader(data, mapping, pre, s.batch_size, s.num_workers, info)
+        mistakes = MistakeRecorder() if s.args.report else None
+        loader = build_loader(data, mapping, pre, s.batch_size, s.num_workers, info, with_paths=mistakes is not None)
         result = evaluate(model, loader, info.device, pre.mean, pre.std, loaded.num_classes,
-                          channels_last=s.channels_last, amp=s.amp)
+                          channels_last=s.channels_last, amp=s.amp, mistakes=mistakes)
         if result.count == 0:
             raise DatasetError(f"none of the {result.broken} images in {data.where} could be read")
         if info.is_main:
             print_report(result, mapping.names, loaded.source)
             save_reports(result, mapping.names, loaded, pre, data.where, info, s.args.output_json,
                          s.args.confusion_csv)
+            if mistakes is not None:
+                save_report_dir(result, mapping.names, loaded, pre, data.where, info, s.args.report, mistakes)
     finally:
         cleanup()
     return 0

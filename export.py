@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help_hint="python export.py --help")
     src = p.add_argument_group("weights")
     src.add_argument("--checkpoint_path", help="train.py checkpoint, or a plain state_dict (with --model)")
-    src.add_argument("--pretrained", nargs="?", const="imagenet",
-                     help="torchvision ImageNet weights ('imagenet', the default) or a weight file PATH")
+    src.add_argument("--pretrained", nargs="?", const="imagenet", metavar="NAME",
+                     help="published weights by name (imagenet, the default: the --model's reference weights; a "
+                          "registry name, python -m src.models --weights; hf-hub:OWNER/REPO) or a weight file PATH")
     src.add_argument("--model", help="variant, e.g. efficientnet_b0 (read from train.py checkpoints)")
     src.add_argument("--config", help="YAML: model, checkpoint_path, eval_resize/eval_crop/interpolation/"
                                       "normalization, class_num")

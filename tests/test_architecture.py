@@ -16,7 +16,7 @@ from src import PACKAGE_ORDER
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIRS = ("src", "infer", "bench")
-ENTRY_POINTS = ("train.py", "eval.py", "export.py", "benchmark.py")
+ENTRY_POINTS = ("train.py", "eval.py", "export.py", "benchmark.py", "hubconf.py")
 ENTRY_POINT_MAX_LINES = 200
 ENTRY_LAYER = "entry points"  # the PACKAGE_ORDER name of the repo-root *.py and scripts/*.py
 
@@ -146,7 +146,8 @@ def test_the_reader_finds_the_modules_and_their_imports() -> None:
     assert package_of("src.training.trainer")[1] == "src.training"
     assert package_of("src.config")[1] == "src.config"
     assert package_of("infer.session")[1] == "infer"
-    assert package_of("train")[1] == package_of("scripts.make_digits")[1] == ENTRY_LAYER
+    assert package_of("train")[1] == package_of("scripts.make_digits")[1] == package_of("hubconf")[1] == ENTRY_LAYER
+    assert "src.models" in import_graph()["hubconf"]  # torch.hub's entry points are read like the others
 
 
 def test_strongly_connected_finds_circles() -> None:

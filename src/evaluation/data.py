@@ -7,10 +7,14 @@ as the same class.
 """
 from __future__ import annotations
 
-from torch.utils.data import DataLoader
+from typing import Any, NamedTuple, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from src.common.class_mapping import ClassMapping, map_classes
 from src.common.preprocess import Preprocess
+from src.data.dataset import collate_skip_broken
 from src.data.loaders import eval_loader
 from src.data.sources import AUTO, DATASET_KINDS, Split, open_eval_split
 from src.data.transforms import build_eval_transform
@@ -31,9 +35,41 @@ def map_to_model(data: Split, loaded: LoadedModel) -> ClassMapping:
                        data.class_word(plural=True), owner="checkpoint")
 
 
+class PathBatch(NamedTuple):
+    """A batch whose images are tied to their files (src.data.dataset.Batch plus ``paths``)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    broken: list[str]
+    paths: list[str]  # of the images in the batch, in order (CIFAR: "cifar10[i]")
+
+
+class WithPaths(Dataset):
+    """A map-style eval data set whose items also carry their sample's path, so that a prediction can
+    be tied to its photo (the mistakes report)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, str | None, str]:
+        return (*self.dataset[index], str(self.dataset.samples[index][0]))
+
+
+def collate_with_paths(items: Sequence[tuple[Any, int, str | None, str]]) -> PathBatch:
+    """collate_skip_broken, plus the paths of the images it kept."""
+    batch = collate_skip_broken([item[:3] for item in items])
+    return PathBatch(*batch, [path for image, _, _, path in items if image is not None])
+
+
 def build_loader(data: Split, mapping: ClassMapping, pre: Preprocess, batch_size: int, num_workers: int,
-                 info: DistInfo) -> DataLoader:
-    """This rank's share of ``data``, labelled with model indices, decoded and cropped as ``pre`` says."""
+                 info: DistInfo, with_paths: bool = False) -> DataLoader:
+    """This rank's share of ``data``, labelled with model indices, decoded and cropped as ``pre`` says;
+    ``with_paths``: batches carry their images' paths (folders and CIFAR; tar shards have none)."""
     dataset = data.eval_dataset(build_eval_transform(pre), mapping.model_index, mapping.names)
-    return eval_loader(dataset, info.rank, info.world_size, batch_size, num_workers=num_workers,
-                       pin_memory=info.device.type == "cuda")
+    options: dict[str, Any] = dict(num_workers=num_workers, pin_memory=info.device.type == "cuda")
+    if with_paths and hasattr(dataset, "samples"):
+        dataset, options["collate_fn"] = WithPaths(dataset), collate_with_paths
+    return eval_loader(dataset, info.rank, info.world_size, batch_size, **options)

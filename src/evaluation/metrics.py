@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from src.evaluation.mistakes import MistakeRecorder
 from src.runtime.amp import AMP_DTYPES, autocast
 from src.data.transforms import to_device_normalized
 from src.runtime.distributed import all_reduce_sum, is_initialized
@@ -165,7 +166,7 @@ def _max_over_ranks(value: float, device: torch.device) -> float:
 def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str,
              mean: Sequence[float], std: Sequence[float], num_classes: int,
              criterion: Criterion | None = None, channels_last: bool = False,
-             amp: str = "none") -> EvalResult:
+             amp: str = "none", mistakes: MistakeRecorder | None = None) -> EvalResult:
     """Score every batch ``loader`` yields and return global sums (reduced over ranks).
 
     ``loader`` yields uint8 NCHW images with int64 labels (`src.data.dataset.Batch` from
@@ -174,6 +175,8 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
     batch-mean output). Top-k uses k = min(5, num_classes). Under torchrun every rank must call
     this (it all-reduces); give each rank a disjoint shard (`ShardedEvalSampler`) and pass the
     bare model, not a DDP wrapper. The model's train/eval mode is restored afterwards.
+    ``mistakes`` sees every batch (with its ``paths``, when the loader gives them) and is gathered
+    from every rank at the end.
     """
     if amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
@@ -200,6 +203,8 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
             logits = logits.float()
             if logits.ndim != 2 or logits.shape[1] != num_classes:
                 raise ValueError(f"model output has shape {tuple(logits.shape)}, expected (N, {num_classes})")
+            if mistakes is not None:
+                mistakes.add(images, logits, labels, getattr(batch, "paths", None))
             top = logits.topk(top_k, dim=1).indices
             hits = top.eq(y.unsqueeze(1))
             sums[_LOSS] += _batch_loss_sum(logits, y, criterion).double()
@@ -212,6 +217,8 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
         values = sums.tolist()
         matrix = confusion.view(num_classes, num_classes).cpu().numpy()
         broken_paths = _gather_paths(broken_paths)
+        if mistakes is not None:
+            mistakes.gather()
         seconds = _max_over_ranks(time.perf_counter() - start, device)
     finally:
         model.train(was_training)

@@ -17,7 +17,7 @@ from src.runtime.distributed import default_num_workers, is_main_launch
 from src.models.loading import LoadedModel, load_published, load_trained, use_ema_flag
 from src.models.preprocessing import resolve_preprocess
 from src.common.preprocess import MAX_IMAGE_SIZE, Preprocess
-from src.common.writable import unwritable_output
+from src.common.writable import unwritable_output, why_not_writable
 from src.common.errors import InputError
 
 DEFAULT_BATCH_SIZE = 64
@@ -113,8 +113,12 @@ def eval_preprocess(loaded: LoadedModel, s: Settings) -> Preprocess:
 
 
 def check_output_files(args: argparse.Namespace) -> None:
-    """--output_json / --confusion_csv folders must take files before the evaluation runs, not after."""
+    """--output_json / --confusion_csv folders and the --report folder must take files before the
+    evaluation runs, not after."""
     for flag, value in (("--output_json", args.output_json), ("--confusion_csv", args.confusion_csv)):
         complaint = unwritable_output(flag, value) if value and is_main_launch() else None
         if complaint is not None:
             raise EvalInputError(complaint)
+    reason = why_not_writable(args.report) if args.report and is_main_launch() else None
+    if reason is not None:
+        raise EvalInputError(f"--report {args.report}: cannot write there ({reason}); choose a writable folder")

@@ -14,8 +14,6 @@ from src.common.preprocess import Preprocess
 from src.config import read_explicit
 from src.models.loading import load_published, load_trained
 from src.models.preprocessing import resolve_preprocess
-from src.models.pretrained import is_published
-from src.models.weights import imagenet_class_names
 
 
 class ExportError(InputError):
@@ -47,12 +45,15 @@ def load_source(
     pretrained: str | None = None,
     config_path: str | None = None,
     use_ema: bool | None = None,
+    padding: str | None = None,
 ) -> ExportSource:
     """The model to export: a train.py checkpoint or a plain state_dict (``checkpoint_path``), or
     ``pretrained`` (the published weights or a weight file, as train.py's --pretrained reads it).
     A YAML ``config_path`` is read as eval.py reads one (src.config.read_explicit: validated, only
     the keys it sets): ``model``, ``checkpoint_path``, ``class_num`` and the eval preprocessing keys
-    (``image_size``, ``eval_resize``, ``eval_crop``, ``interpolation``, ``normalization``)."""
+    (``image_size``, ``eval_resize``, ``eval_crop``, ``interpolation``, ``normalization``). ``padding``
+    forces the padding of a weight file (export.py has no flag for it: the converter's --padding
+    writes a file that remembers it)."""
     config = read_explicit(config_path, CONFIG_KEYS)
     model_origin = "--model" if model_name else "config key 'model'"
     model_name = model_name or config.get("model")
@@ -62,16 +63,14 @@ def load_source(
         raise ExportError("give --checkpoint_path or --pretrained, not both")
     class_num = config.get("class_num") or None
     if checkpoint_path:
-        loaded = load_trained(str(checkpoint_path), model_name, use_ema, model_origin, class_num)
+        loaded = load_trained(str(checkpoint_path), model_name, use_ema, model_origin, class_num, padding)
     elif pretrained:
-        loaded = load_published(model_name, str(pretrained), progress=False, class_num=class_num)
+        loaded = load_published(model_name, str(pretrained), progress=False, class_num=class_num, padding=padding)
     else:
-        raise ExportError("nothing to export: pass --checkpoint_path FILE or --pretrained [imagenet|PATH]")
+        raise ExportError("nothing to export: pass --checkpoint_path FILE or --pretrained NAME|hf-hub:REPO|PATH")
     pre = resolve_preprocess(loaded.name, loaded.preprocess, image_size=config.get("image_size"),
                              resize=config.get("eval_resize"), crop=config.get("eval_crop"),
                              interpolation=config.get("interpolation"), normalization=config.get("normalization"))
-    classes = loaded.classes
-    if classes is None and is_published(pretrained):
-        classes = imagenet_class_names()
+    classes = loaded.classes or loaded.labels  # published weights (by name, or a file recognised): ImageNet's
     return ExportSource(loaded.model, loaded.name, loaded.num_classes, classes, pre, loaded.source,
                         loaded.weights_note)

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="file to write; .safetensors or .pth by its suffix")
     parser.add_argument("--model", choices=list_models(), metavar="NAME",
                         help="variant (default: the one whose shapes fit)")
-    parser.add_argument("--padding", choices=PADDINGS, help="force the padding (default: what the layout/name implies)")
+    parser.add_argument("--padding", choices=PADDINGS,
+                        help="force the padding (default: saved in the file, its layout's, or its BatchNorm statistics')")
     args = parser.parse_args(argv)
     try:
         if Path(args.output).resolve() == Path(args.input).resolve():

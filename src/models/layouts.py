@@ -14,15 +14,15 @@ order, so a safetensors file (keys sorted alphabetically) converts like a .pth.
 
 Padding and BatchNorm epsilon follow the weights' trainer (src.models.weights): efficientnet_pytorch
 files are Google's TensorFlow checkpoints (SAME padding, eps 1e-3). timm's tf_* files use SAME and
-its own ones symmetric padding, with identical keys: the file name decides (``tf_`` in it), and
-``padding=`` overrides it. ``python -m src.models.convert`` is the command-line converter.
+its own ones symmetric padding, with identical keys: their BatchNorm statistics decide
+(src.models.detect), never the file name, and ``padding=`` overrides them. A bare file that is a
+published entry (layout, variant, trainer, 1000 outputs) is recognised as it, so its class names
+travel with it. ``python -m src.models.convert`` is the command-line converter.
 """
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -32,7 +32,9 @@ from src.common.errors import InputError
 from .effnet import VARIANTS, EfficientNet, build_model, get_variant
 from .files import strip_wrapper_prefixes, weights_in
 from .layers import PADDINGS
-from .weights import TENSORFLOW, TIMM, TORCHVISION, Weights, convention_build, describe_preprocess, preprocess_for
+from .detect import detect_convention
+from .weights import (TENSORFLOW, TIMM, TORCHVISION, Trained, Weights, class_names, describe_preprocess, recognise,
+                      trained_as)
 
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 HEAD = "classifier."
@@ -284,7 +286,8 @@ class ImportedWeights:
     source: str  # the file, or the published weights' name, for messages
     notes: list[str] = field(default_factory=list)  # one-line notices for the user
     classes: list[str] | None = None  # class names in output order, when known (fine-tuned weights)
-    published: Weights | None = None  # the registry entry (src.models.weights) of published weights
+    published: Weights | None = None  # the registry entry (src.models.weights) these weights are
+    labels: list[str] | None = None  # published weights' output names (ImageNet's), for exported files
 
     @property
     def num_classes(self) -> int:
@@ -326,22 +329,19 @@ def saved_build(obj: Mapping[str, Any]) -> dict[str, Any]:
     return found
 
 
-def _tf_named(source: str) -> bool:
-    """timm's TensorFlow ports are named tf_* (tf_efficientnet_b0_aa-827b6e33.pth, timm/tf_efficientnet_b0...)."""
-    return any(re.search(r"(^|[^a-z])tf_", part) for part in Path(source).parts)
-
-
-def _convention(layout: Layout, source: str, padding: str | None) -> tuple[str, str]:
-    """(convention, why) for a file with no saved build settings."""
+def _trained(layout: Layout, state: Mapping[str, torch.Tensor], name: str, source: str,
+             forced: str | None, why_forced: str) -> Trained:
+    """How a file with no registry entry was trained: its layout's convention; for timm's layout (the
+    same keys for timm's own and Google's tf_ ports) ``forced`` padding, else what its BatchNorm
+    statistics fit (src.models.detect)."""
     if layout.convention == TENSORFLOW:
-        return TENSORFLOW, "Google's TensorFlow checkpoints in efficientnet_pytorch's layout"
-    if layout is TIMM_LAYOUT:
-        if padding is not None:
-            return (TENSORFLOW if padding == "same" else TIMM), f"padding {padding} was asked for"
-        if _tf_named(source):
-            return TENSORFLOW, "a timm tf_* file by its name; --padding symmetric if it is not"
-        return TIMM, "a timm efficientnet_* file by its name; --padding same if it is a tf_* one (same keys)"
-    return TORCHVISION, "torchvision's convention"
+        return trained_as(TENSORFLOW, name, "Google's TensorFlow checkpoints in efficientnet_pytorch's layout")
+    if layout is not TIMM_LAYOUT:
+        return trained_as(TORCHVISION, name, "torchvision's convention")
+    if forced is not None:
+        return trained_as(TENSORFLOW if forced == "same" else TIMM, name, why_forced)
+    found = detect_convention(state, name, source)
+    return trained_as(found.convention, name, found.why())
 
 
 def import_weights(
@@ -351,15 +351,17 @@ def import_weights(
     padding: str | None = None,
     state: Mapping[str, Any] | None = None,
     published: Weights | None = None,
+    trained: Trained | None = None,
 ) -> ImportedWeights:
     """Detect the layout of ``obj`` (a state_dict or a checkpoint holding one), find the variant
     (``model_name``, the file's own, or the one whose shapes fit), convert to this project's
     keys, and decide padding, BatchNorm epsilon and eval preprocessing.
 
-    ``padding`` forces the padding (the user knows better than a file name); else the file's saved
-    setting, else its layout's convention. ``state``: the tensors, when the caller already picked
-    them out of ``obj`` (e.g. EMA weights); by default src.models.files.weights_in(obj).
-    ``published``: the registry entry the file is, whose padding, eps and preprocessing then apply.
+    ``padding`` forces the padding (the user knows better than the weights); else the file's saved
+    setting, else how it was trained: ``published``, the registry entry the file is, or ``trained``
+    (a hub config.json says so), else its layout's convention (timm's layout: its BatchNorm
+    statistics). ``state``: the tensors, when the caller already picked them out of ``obj`` (e.g.
+    EMA weights); by default src.models.files.weights_in(obj).
     """
     if padding is not None and padding not in PADDINGS:
         raise WeightMismatchError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
@@ -373,26 +375,30 @@ def import_weights(
         converted = convert_to_model(state, layout, _structure(name), source)
     except WeightMismatchError as exc:
         raise WeightMismatchError(f"{exc}{_suggestion(state, layout, source)}") from None
+    bare = published is None and trained is None and not saved  # nothing but the tensors says what they are
     if published is not None:
         if (published.arch, published.layout) != (name, layout.name):
             raise WeightMismatchError(f"{source} holds {name} weights in the {layout.name} layout, not "
                                       f"{published.name}'s ({published.arch}, {published.layout} layout)")
-        why = f"the published {published.name} weights"
-        conv_padding, conv_eps = published.padding, published.bn_eps
-        conv_pre = published.preprocess.to_dict()
-    else:
-        convention, why = _convention(layout, source, padding)
-        conv_padding, conv_eps = convention_build(convention, get_variant(name))
-        conv_pre = preprocess_for(convention, name)
-    if "padding" in saved and padding is None:
-        why = "saved with the weights"
-    chosen_padding = padding or saved.get("padding") or conv_padding
-    bn_eps = float(saved.get("bn_eps", conv_eps))
-    pre = saved.get("preprocess") or conv_pre
+        trained = published.trained()
+    elif trained is None:
+        forced = padding or saved.get("padding")
+        trained = _trained(layout, converted, name, source, forced,
+                           f"padding {padding} was asked for" if padding else "saved with the weights")
+    why = "saved with the weights" if "padding" in saved and padding is None else trained.why
+    chosen_padding = padding or saved.get("padding") or trained.padding
+    bn_eps = float(saved.get("bn_eps", trained.bn_eps))
+    pre = saved.get("preprocess") or trained.preprocess
     notes = [f"weights: {source}: {layout.description} layout, {name}; padding {chosen_padding} ({why}), "
              f"BatchNorm eps {bn_eps:g}; eval {describe_preprocess(pre)}"]
-    return ImportedWeights(converted, name, layout.name, chosen_padding, bn_eps, pre, source, notes,
-                           published=published)
+    weights = ImportedWeights(converted, name, layout.name, chosen_padding, bn_eps, pre, source, notes,
+                              published=published)
+    if bare and HEAD + "1.weight" in converted:  # is it a published entry?
+        weights.published = recognise(name, layout.name, trained.trainer, weights.num_classes)
+        if weights.published is not None:
+            notes[0] += f"; recognised as the published {weights.published.name} weights"
+    weights.labels = class_names(weights.published) if weights.published else None
+    return weights
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,8 +6,12 @@ preprocessing whether it is scored or exported. Sources:
 * ``--checkpoint_path``: a train.py checkpoint, self-describing (model name, class names, eval
   preprocessing, EMA weights, QAT), or a plain state_dict of any layout (the caller names the
   variant, or the one whose shapes fit is taken);
-* ``--pretrained``: whatever src.models.pretrained.resolve_weights makes of it (the published
-  ImageNet weights, or a weight file), as train.py's --pretrained does.
+* ``--pretrained``: whatever src.models.pretrained.resolve_weights makes of it (published weights by
+  name, hf-hub:REPO, or a weight file), as train.py's --pretrained does.
+
+Published weights (asked for by name, or a bare file recognised as a registry entry) carry their
+output names in ``labels`` (ImageNet's), for exported files; ``classes`` are a checkpoint's own
+training classes, which eval.py matches to the data's folders.
 
 The class count always comes from the weights (rows of ``classifier.1.weight``), never from a
 default, so a 10-class fine-tune is never silently given a fresh 1000-class head.
@@ -27,9 +31,10 @@ from . import qat
 from .effnet import build_model, get_variant
 from .files import has_ema, read_file, weights_in
 from .layouts import ImportedWeights, import_weights
-from .pretrained import check_fits, is_published, resolve_weights
+from .pretrained import check_fits, resolve_weights
 from .qat import QAT_KEY
-from .weights import WeightsNotInstalled
+from .names import parse_pretrained
+from .weights import Weights, WeightsNotInstalled
 
 CLASSIFIER_WEIGHT = "classifier.1.weight"  # its rows are the class count of a state_dict
 IMAGENET_CLASSES = 1000
@@ -49,6 +54,8 @@ class LoadedModel:
     weights_note: str | None = None  # one line saying which weights of a checkpoint were loaded, and why
     import_note: str | None = None  # one line: the file's layout, padding and eval preprocessing (foreign layouts)
     padding: str = "symmetric"  # the network's padding, as the weights need
+    published: Weights | None = None  # the registry entry the weights are, when they are published ones
+    labels: list[str] | None = None  # published weights' output names (ImageNet's), for exported files
 
 
 def variant_name(name: str | None, why: str) -> str:
@@ -177,7 +184,7 @@ def load_trained(
     preprocess = _saved_preprocess(obj.get("preprocess"), path) if saved else _foreign_preprocess(weights)
     return LoadedModel(_build(weights, num_classes, path), name, num_classes,
                        [str(c) for c in classes] if classes else None, preprocess, path, use_ema, weights_note,
-                       import_note, weights.padding)
+                       import_note, weights.padding, weights.published, weights.labels)
 
 
 def _load_qat(obj: dict, state: dict, name: str, path: str, use_ema: bool, weights_note: str | None,
@@ -206,23 +213,25 @@ def load_published(
     padding: str | None = None,
 ) -> LoadedModel:
     """``--pretrained VALUE`` as eval.py and export.py load it: src.models.pretrained.resolve_weights,
-    the function train.py's --pretrained uses too (the published ImageNet weights, or a weight file
-    of any layout: a train.py checkpoint gives its EMA weights when it has them). Of a file's
-    metadata only the build settings (padding, BatchNorm eps) are used; its class count comes from
-    the file, so a fine-tuned head loads as it is. ``padding`` forces the padding."""
-    published = is_published(pretrained)
-    name = variant_name(model_name, "--pretrained needs the variant") if model_name or published else None
-    if published:  # before a download of up to 475 MB
-        check_class_num(IMAGENET_CLASSES, class_num, f"the {name} ImageNet weights")
+    the function train.py's --pretrained uses too (published weights by name or hf-hub:REPO, or a
+    weight file of any layout: a train.py checkpoint gives its EMA weights when it has them). Of a
+    file's metadata only the build settings (padding, BatchNorm eps) are used; its class count comes
+    from the file, so a fine-tuned head loads as it is. ``padding`` forces the padding."""
+    name = variant_name(model_name, "--pretrained needs the variant") if model_name else None
+    named = parse_pretrained(str(pretrained), name)
+    if named.entry is not None:  # before a download of up to 475 MB
+        check_class_num(IMAGENET_CLASSES, class_num, f"the {named.entry.name} weights")
     try:
         weights = resolve_weights(name, str(pretrained), progress, padding)
     except WeightsNotInstalled as exc:
         raise ModelLoadError(str(exc)) from None
     num_classes = classifier_size(weights.state, weights.source)
     check_class_num(num_classes, class_num, weights.source)
+    published = named.path is None
     preprocess = Preprocess.from_dict(weights.preprocess) if published else _foreign_preprocess(weights)
     notes = [note for note in weights.notes if note.startswith("weights: the EMA")]
     import_note = weights.notes[0] if published or weights.layout != "torchvision" or padding else None
     return LoadedModel(_build(weights, num_classes, weights.source), weights.model_name, num_classes, None, preprocess,
                        weights.source, use_ema=bool(notes), weights_note=notes[0] if notes else None,
-                       import_note=import_note, padding=weights.padding)
+                       import_note=import_note, padding=weights.padding, published=weights.published,
+                       labels=weights.labels)

