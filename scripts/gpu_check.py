@@ -229,7 +229,7 @@ def internal_train(amp: str) -> None:
         with autocast(device, amp):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         scaler.backward(loss)
-        applied += bool(scaler.step(optimizer))
+        applied += scaler.step(optimizer).applied
         losses.append(float(loss.detach()))
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start

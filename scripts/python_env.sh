@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The Python interpreter of every launcher in scripts/ (sourced; not run on its own).
 #
 # PYTHON is, in this order: $PYTHON when set; the active virtual environment's python ($VIRTUAL_ENV);

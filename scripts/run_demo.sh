@@ -27,7 +27,7 @@ echo "== train (run folder: $RUN_DIR)"
 
 CKPT="$RUN_DIR/efficientnet_b0-best.pth"
 if [ ! -f "$CKPT" ]; then  # no validation set: the newest periodic checkpoint
-  CKPT=$(ls -t "$RUN_DIR"/efficientnet_b0-*_*.pth | head -n 1)
+  CKPT=$(find "$RUN_DIR" -maxdepth 1 -name 'efficientnet_b0-*_*.pth' -printf '%T@ %p\n' | sort -n | tail -n 1 | cut -d' ' -f2-)
 fi
 
 # eval.py and export.py use the EMA weights when the checkpoint has them (its best was chosen by them).

@@ -4,14 +4,15 @@
 # The checkpoint carries the config and the whole training state (weights, optimizer, LR position,
 # EMA, loss scaler, RNG, data position); flags given here override its config keys. The run
 # continues in the checkpoint's folder (new checkpoints next to it) and logs to
-# <that folder>/log_resume_<date>_<time>.txt. Same DEVICE_NUM as the original run: bitwise the same
-# result as if it had never stopped.
+# <that folder>/log_resume_<date>_<time>.txt. Bitwise the same result as if it had never stopped, on
+# any DEVICE_NUM that divides the global batch (accumulate_grad_batches is recomputed to keep it).
+# RUN_DIR=<folder> bash scripts/run_distribute_train.sh ... continues from the newest checkpoint by itself.
 set -euo pipefail
 
 usage() {
   cat >&2 <<'USAGE'
 Usage: bash scripts/run_distribute_resume.sh [DEVICE_NUM] [DATA_DIR] [CHECKPOINT] [extra train.py args...]
-  DEVICE_NUM  processes on this node (use the original run's number for an exact continuation)
+  DEVICE_NUM  processes on this node (another number keeps the global batch through accumulate_grad_batches)
   DATA_DIR    the dataset root the run was trained on
   CHECKPOINT  a train.py checkpoint, e.g. runs/train_20250101_120000/efficientnet_b2-120_625.pth
   extra args  train.py flags overriding the checkpoint's config, e.g. --epoch_size 400
@@ -55,8 +56,8 @@ check_train_inputs $((DEVICE_NUM * ${NNODES:-1})) "" --resume "$CHECKPOINT" --da
   --save_checkpoint_path "$RUN_DIR" "$@"
 LOG="$RUN_DIR/log_resume_$(date +%Y%m%d_%H%M%S).txt"
 echo "resuming in run folder: $RUN_DIR (console log: $LOG)"
-"$PYTHON" -m torch.distributed.run --nproc_per_node "$DEVICE_NUM" --nnodes "${NNODES:-1}" \
-  --node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
-  "$ROOT/train.py" --resume "$CHECKPOINT" --dataset_path "$DATA_DIR" --save_checkpoint_path "$RUN_DIR" "$@" 2>&1 \
-  | tee "$LOG"
+torchrun_launch "$DEVICE_NUM"
+run_forwarding_signals "$LOG" "$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" "$ROOT/train.py" \
+  --resume "$CHECKPOINT" --dataset_path "$DATA_DIR" --save_checkpoint_path "$RUN_DIR" "$@"
 echo "run folder: $RUN_DIR"
+exit "$STATUS"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared checks of the training launchers (sourced by run_standalone_train.sh, run_distribute_train.sh
 # and run_distribute_resume.sh; not run on its own). Each launcher defines usage() first.
 
@@ -94,4 +95,58 @@ new_run_dir() {  # PREFIX
   done
   mkdir -p "$dir"
   echo "$dir"
+}
+
+# The run folder and how train.py starts in it: RUN_DIR when set (created if missing; a run there
+# continues: --resume auto), else a new ${RUN_ROOT:-runs}/train_<date>_<time>. Sets RUN_DIR, MADE
+# (the folder made here, removed again when the input check fails) and RESUME (train.py's flags).
+# shellcheck disable=SC2034  # MADE and RESUME are the launchers' (this file is sourced)
+choose_run_dir() {
+  if [ -n "${RUN_DIR:-}" ]; then
+    mkdir -p "$RUN_DIR"
+    MADE="" RESUME=(--resume auto)
+  else
+    RUN_DIR=$(new_run_dir train)
+    MADE=$RUN_DIR RESUME=()
+  fi
+}
+
+# Run a command with its output shown and appended to LOG, passing SIGTERM and SIGUSR1 on to it (what
+# SLURM, Kubernetes and spot reclaimers send; train.py then checkpoints and exits 143). SIGINT is not
+# passed on: a terminal's Ctrl-C already reaches the whole process group, and a second one would make
+# train.py stop at once. Sets STATUS: the command's, or 143 / 130 when a signal stopped it and the
+# command (torchrun) reported only its own failure.
+run_forwarding_signals() {  # LOG CMD...
+  local log=$1 child stop=""
+  shift
+  "$@" > >(tee -a "$log") 2>&1 &
+  child=$!
+  trap 'stop=143; kill -TERM "$child" 2>/dev/null' TERM
+  trap 'stop=143; kill -USR1 "$child" 2>/dev/null' USR1
+  trap 'stop=130' INT
+  while true; do
+    STATUS=0
+    wait "$child" || STATUS=$?
+    if [ "$STATUS" -gt 128 ] && kill -0 "$child" 2>/dev/null; then continue; fi  # a signal woke wait up
+    break
+  done
+  trap - TERM USR1 INT
+  if [ -n "$stop" ] && [ "$STATUS" -ne 0 ]; then STATUS=$stop; fi
+}
+
+# torchrun's launch arguments for DEVICE_NUM processes on this node (sets LAUNCH): MAX_RESTARTS (3)
+# restarts of failed workers (each resumes from the run's newest checkpoint), the preemption signals
+# passed on to the workers, and a c10d rendezvous (restarts need one): for NNODES > 1 at
+# MASTER_ADDR:MASTER_PORT, which a node coming back rejoins; on one node torchrun's --standalone
+# (a free local port).
+# shellcheck disable=SC2034  # LAUNCH is the launchers' (this file is sourced)
+torchrun_launch() {  # DEVICE_NUM
+  LAUNCH=(--nproc_per_node "$1" --max-restarts "${MAX_RESTARTS:-3}"
+          --signals-to-handle "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+  if [ "${NNODES:-1}" -gt 1 ]; then
+    LAUNCH+=(--nnodes "$NNODES" --rdzv-backend c10d --rdzv-endpoint "${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}"
+             --rdzv-id "${RDZV_ID:-${SLURM_JOB_ID:-effnet_train}}")
+  else
+    LAUNCH+=(--standalone --nnodes 1)
+  fi
 }

@@ -181,7 +181,8 @@ class Config:
     resume: str | None = _key(None, "str", "checkpoint to resume from (weights, optimizer, LR, EMA, RNG)", nullable=True)
     checkpoint_path: str | None = _key(None, "str", "checkpoint to evaluate / export / start from (weights only)",
                                        nullable=True)
-    pretrained: str | None = _key(None, "str", "initial weights: 'imagenet' (torchvision) or a file path", nullable=True)
+    pretrained: str | None = _key(None, "str", "initial weights: imagenet, a registry name (python -m src.models "
+                                  "--weights), hf-hub:OWNER/REPO or a file path", nullable=True)
     freeze_backbone: bool = _key(False, "bool", "train only the classifier")
     padding: str = _key("auto", "str", "conv padding: same = TensorFlow's (Google's checkpoints), symmetric = "
                         "PyTorch's; auto = what the pretrained weights need", choices=("auto", *PADDINGS))
@@ -224,6 +225,8 @@ class Config:
                      "weights at a fixed image_size (src/models/qat.py); export.py then writes an int8 ONNX file")
     max_nonfinite_steps: int = _pos_int(20, "abort after N consecutive steps with a non-finite loss")
     finetune_auto: bool = _key(False, "bool", "pick lr_max/epoch_size/batch_size/dropout from the dataset size")
+    dist_timeout: float = _key(30.0, "float", "minutes a collective waits for a process that stopped answering "
+                               "before the run fails (naming it) and, under torchrun, restarts", low=0, low_open=True)
     dist_backend: str | None = _key(None, "str", "torch.distributed backend; null = nccl on GPU, gloo on CPU",
                                     choices=("nccl", "gloo"), nullable=True)
 

@@ -28,7 +28,7 @@ def test_amp_training_steps_move_the_weights_on_the_gpu(amp):
         with autocast(device, amp):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         scaler.backward(loss)
-        applied += scaler.step(optimizer)
+        applied += scaler.step(optimizer).applied
         optimizer.zero_grad(set_to_none=True)
     assert applied >= 1
     moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]

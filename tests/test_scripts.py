@@ -197,11 +197,14 @@ def test_standalone_cpu_run_then_two_process_resume(data, tmp_path):
     assert first.is_file() and (run_dir / "config.yaml").is_file()
 
     proc = script("run_distribute_resume.sh", 2, data, first, "--epoch_size", "2", env=env)
+    assert proc.returncode == 2 and "use 1 processes" in proc.stderr  # 2 x batch 4 cannot be the global batch 4
+    proc = script("run_distribute_resume.sh", 2, data, first, "--epoch_size", "2", "--batch_size", "2", env=env)
     assert proc.returncode == 0, proc.stderr
     assert f"resuming in run folder: {run_dir}" in proc.stdout
     logs = list(run_dir.glob("log_resume_*.txt"))
     assert len(logs) == 1 and "resumed from" in logs[0].read_text()
-    second = torch.load(run_dir / "efficientnet_b0-2_2.pth", weights_only=True)  # 2 processes: 2 steps per epoch
+    assert "2 process(es) x batch 2 x accumulate 1 = global batch 4; 4 steps per epoch" in logs[0].read_text()
+    second = torch.load(run_dir / "efficientnet_b0-2_4.pth", weights_only=True)
     assert (second["epoch"], second["world_size"], second["config"]["device_target"]) == (2, 2, "CPU")
 
 
@@ -230,3 +233,24 @@ def test_make_digits_writes_a_fixed_stratified_split(tmp_path):
     again = subprocess.run([sys.executable, str(SCRIPTS / "make_digits.py"), str(tmp_path / "again")],
                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert again.returncode == 0 and {p.name for p in (tmp_path / "again" / "val").rglob("*.png")} == val
+
+
+def test_every_script_parses_and_is_shellcheck_clean():
+    """bash -n and shellcheck (pinned in requirements-dev.txt) over the launchers, the SLURM batch file
+    and the demo: warnings count (the default severity)."""
+    files = sorted([*SCRIPTS.glob("*.sh"), *SCRIPTS.glob("*.sbatch")])
+    assert SCRIPTS / "slurm_train.sbatch" in files
+    for path in files:
+        parsed = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert parsed.returncode == 0, (path.name, parsed.stderr)
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    checked = subprocess.run([shellcheck, "-x", *map(str, files)], cwd=REPO, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout[-3000:]
+
+
+def test_slurm_batch_file_keeps_its_run_folder_and_requeues_on_a_preemption_checkpoint():
+    text = (SCRIPTS / "slurm_train.sbatch").read_text()
+    for directive in ("#SBATCH --signal=B:USR1@120", "#SBATCH --requeue"):
+        assert directive in text
+    assert "RUN_DIR=${RUN_DIR:-runs/slurm_${SLURM_JOB_ID}}" in text  # a requeued job finds its run again
+    assert 'scontrol requeue "${SLURM_JOB_ID}"' in text and "EXIT_PREEMPTED=143" in text

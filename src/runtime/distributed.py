@@ -21,7 +21,8 @@ from torch import nn
 from src.common.errors import InputError
 
 DEFAULT_MASTER_PORT = 29500
-PROCESS_GROUP_TIMEOUT = timedelta(minutes=30)
+DEFAULT_TIMEOUT_MINUTES = 30.0  # how long a collective waits for a process that stopped answering
+MAX_PROBE_SECONDS = 10.0  # how long the live ranks wait for each other to name the silent ones
 NUMPY_SEED_MODULUS = 2**32  # numpy seeds must fit in uint32
 MAX_DEFAULT_WORKERS = 8  # DataLoader workers per process when none are asked for (and CPUs allow)
 _TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -116,8 +117,10 @@ def _device_for(device_target: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def init_distributed(device_target: str, backend: str | None = None) -> DistInfo:
-    """Join the process group the launcher prepared (NCCL on GPU, gloo on CPU); world 1 joins none."""
+def init_distributed(device_target: str, backend: str | None = None,
+                     timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> DistInfo:
+    """Join the process group the launcher prepared (NCCL on GPU, gloo on CPU); world 1 joins none.
+    A collective waits ``timeout_minutes`` for every process, then fails (see silent_ranks)."""
     launch = launch_env(os.environ)
     if launch is None or launch.world_size == 1:
         local_rank = launch.local_rank if launch else 0
@@ -126,10 +129,22 @@ def init_distributed(device_target: str, backend: str | None = None) -> DistInfo
     # env:// needs these; torchrun sets them already, SLURM does not.
     os.environ.setdefault("MASTER_ADDR", launch.master_addr or "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", launch.master_port or str(DEFAULT_MASTER_PORT))
-    dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), init_method="env://",
-                            rank=launch.rank, world_size=launch.world_size, timeout=PROCESS_GROUP_TIMEOUT,
+    timeout = timedelta(minutes=timeout_minutes)
+    dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"), **_rendezvous(launch, timeout),
+                            rank=launch.rank, world_size=launch.world_size, timeout=timeout,
                             device_id=device if device.type == "cuda" else None)  # binds NCCL to our GPU
     return DistInfo(launch.rank, launch.world_size, launch.local_rank, launch.rank == 0, device)
+
+
+def _rendezvous(launch: LaunchEnv, timeout: timedelta) -> dict[str, Any]:
+    """Where the processes meet: env:// (MASTER_ADDR:MASTER_PORT); under torchrun its agent's store, with
+    keys of this restart only. torch's env:// reuses the agent's keys across restarts, so a restarted
+    process could read a dead peer's address and fail to connect (seen with gloo: 4 restarts in 5)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {"init_method": "env://"}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"effnet/attempt_{attempt}", store)}
 
 
 def default_num_workers() -> int:
@@ -137,6 +152,30 @@ def default_num_workers() -> int:
     by the processes the launcher started on this node (LOCAL_WORLD_SIZE), at most MAX_DEFAULT_WORKERS."""
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return min(MAX_DEFAULT_WORKERS, max(1, len(os.sched_getaffinity(0)) // local_processes))
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a collective failed because some process did not answer in time (gloo's and NCCL's wording)."""
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text
+
+
+def silent_ranks(rank: int, world_size: int, wait_seconds: float = MAX_PROBE_SECONDS) -> list[int] | None:
+    """After a timed-out collective: the ranks that stopped answering. Every live rank writes a key
+    to the launch's key-value store (which outlives the failed collective) and waits ``wait_seconds``
+    for the others' keys; the missing ones are the silent ranks. None when the store is out of reach."""
+    try:
+        store = dist.distributed_c10d._get_default_store()  # torch's own store of this process group
+        prefix = f"silent_probe/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        store.set(f"{prefix}{rank}", "alive")
+        keys = [f"{prefix}{r}" for r in range(world_size)]
+        try:
+            store.wait(keys, timedelta(seconds=wait_seconds))
+        except RuntimeError:  # some never came: name them
+            pass
+        return [r for r, key in enumerate(keys) if not store.check([key])]
+    except (RuntimeError, ValueError, AttributeError):
+        return None
 
 
 def is_main_launch() -> bool:

@@ -1,5 +1,6 @@
-"""The training run's checkpoint policy: file names, rotation, the best model, and the RNG state
-that exact resume needs. The file format itself (atomic writes, safe reading) is src.models.files."""
+"""The training run's checkpoint policy: file names, rotation, the best model, the checkpoint
+``--resume auto`` continues from, and the RNG state that exact resume needs. The file format itself
+(atomic writes, safe reading) is src.models.files."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.models.files import CHECKPOINT_SUFFIX, atomic_save
+from src.models.files import CHECKPOINT_SUFFIX, CheckpointError, atomic_save, read_file
 
 BEST_TAG = "best"
+STOPPED_KEY = "stopped"  # a checkpoint written because a signal stopped the run: the signal's name
+# Keys of a resume checkpoint that must be present for an exact continuation.
+RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
 
 
 class CheckpointManager:
@@ -55,6 +59,38 @@ class CheckpointManager:
         """The checkpoint to resume from: the highest (epoch, step) of this model, or None."""
         checkpoints = self.checkpoints()
         return checkpoints[-1] if checkpoints else None
+
+    def newest_resumable(self) -> tuple[Path | None, dict | None, list[str]]:
+        """``--resume auto``: (path, its contents, warnings) of the newest checkpoint that loads and
+        verifies; (None, None, warnings) when there is none. Newest means the highest (epoch, step)
+        of the file name, confirmed by the step counter inside the file (not the modification time);
+        a file that does not load (truncated, garbled) or does not verify is skipped with a warning
+        naming it, and the one before it is tried."""
+        warnings = []
+        for path in reversed(self.checkpoints()):
+            epoch, step = (int(v) for v in self._pattern.match(path.name).groups())
+            try:
+                ckpt = read_file(path)
+            except CheckpointError as exc:
+                warnings.append(f"warning: --resume auto skips {path}: {exc}")
+                continue
+            why = _why_not_resumable(ckpt, epoch, step)
+            if why is None:
+                return path, ckpt, warnings
+            warnings.append(f"warning: --resume auto skips {path}: {why}")
+        return None, None, warnings
+
+
+def _why_not_resumable(ckpt: dict, epoch: int, step: int) -> str | None:
+    """None when ``ckpt`` holds what exact resume needs and its step counter is the one its name
+    (``<model>-<epoch>_<step>``: ``step`` optimizer steps into epoch ``epoch``) says."""
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        return f"no {missing[0]!r} entry"
+    expected = (epoch - 1) * int(ckpt.get("steps_per_epoch", 0)) + step
+    if int(ckpt["step"]) != expected:
+        return f"its step counter is {ckpt['step']}, not the {expected} of its name"
+    return None
 
 
 def rng_state() -> dict:

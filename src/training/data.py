@@ -23,6 +23,7 @@ from src.models import default_preprocess, get_variant
 from src.models.preprocessing import resolve_preprocess
 from src.runtime.distributed import DistInfo
 from src.training.errors import TrainInputError
+from src.training.preemption import ignore_in_worker
 from src.training.progressive import StageSettings
 
 
@@ -52,13 +53,15 @@ def load_data(cfg: Config) -> tuple[DataBundle, list[str]]:
 
 
 def plan_epoch(num_train: int, batch_size: int, accumulate: int, world_size: int) -> tuple[int, int]:
-    """(micro-batches, optimizer steps) per epoch and process; the last partial batch is dropped."""
-    per_rank = -(-num_train // world_size)
-    steps = per_rank // batch_size // accumulate
+    """(micro-batches per process, optimizer steps) of an epoch: the whole global batches
+    (batch_size x accumulate x processes) the training images hold; the rest of the images wait for
+    the next epoch's order. The same for every split of one global batch (src.data.sampler)."""
+    global_batch = batch_size * accumulate * world_size
+    steps = num_train // global_batch
     if steps < 1:
         raise TrainInputError(
-            f"{num_train} training images give {per_rank} per process, less than one optimizer step of "
-            f"batch_size {batch_size} x accumulate_grad_batches {accumulate}; "
+            f"{num_train} training images are less than one optimizer step of batch_size {batch_size} x "
+            f"accumulate_grad_batches {accumulate} x {world_size} process(es) = {global_batch}; "
             f"lower --batch_size or --accumulate_grad_batches")
     return steps * accumulate, steps
 
@@ -79,7 +82,8 @@ def loader_options(cfg: Config, info: DistInfo) -> dict[str, Any]:
     workers = cfg.num_workers or 0
     return dict(num_workers=workers, pin_memory=info.device.type == "cuda", persistent_workers=workers > 0,
                 # A private generator: creating a loader iterator must not draw from the global RNG.
-                generator=torch.Generator().manual_seed(cfg.seed))
+                generator=torch.Generator().manual_seed(cfg.seed),
+                worker_init_fn=ignore_in_worker if workers else None)  # stop signals are the main process's
 
 
 def make_train_loader(cfg: Config, data: DataBundle, stage: StageSettings, sampler: EpochSampler,

@@ -14,3 +14,7 @@ class NonFiniteLossError(RuntimeError):
 
 class TrainOutOfMemory(RuntimeError):
     """CUDA ran out of memory; the message names the remedies and the intact checkpoint."""
+
+
+class ProcessTimeout(RuntimeError):
+    """A collective waited dist_timeout for a process that stopped answering; the message names it."""

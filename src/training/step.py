@@ -16,13 +16,14 @@ from torch import nn
 
 from src.common.preprocess import Preprocess
 from src.data.dataset import Batch
-from src.data.mixup import mix_batch
+from src.data.mixup import mix_batch, position_seed
 from src.data.transforms import to_device_normalized
 from src.models import NETWORK_STRIDE
 from src.runtime.amp import NoScaler, autocast
 from src.runtime.distributed import DistInfo
 
 EMPTY_BATCH_STAND_IN = 2  # images in the zero-weight batch a rank runs when all its images were unreadable
+DROPOUT_STREAM = 1  # keeps the dropout seeds of a position apart from its mixing seeds
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,14 @@ class StepExecutor:
         return loss.detach().float() * (weight * accumulate)
 
 
+def seed_micro_batch(position: tuple[int, int, int]) -> None:
+    """Seed torch's generators (CPU and every GPU) for the dropout and stochastic depth of the
+    micro-batch at ``position`` = (seed, global step, micro-batch of the global batch): its masks are
+    then the same whichever process runs it, after whatever ran before (exact resume on another
+    number of processes)."""
+    torch.manual_seed(position_seed((*position, DROPOUT_STREAM)))
+
+
 def stand_in_batch(image_size: int) -> Batch:
     """Zero images with no labels' worth of weight: a rank whose whole batch was unreadable still
     joins DDP's all-reduce."""
@@ -87,10 +96,13 @@ def stand_in_batch(image_size: int) -> Batch:
     return Batch(images, torch.zeros(EMPTY_BATCH_STAND_IN, dtype=torch.int64), [])
 
 
-def nonfinite_loss(loss: torch.Tensor, distributed: bool) -> torch.Tensor:
-    """1 when the loss is NaN/inf on any rank, else 0: a tensor on the loss's device, so no host sync
-    here; ranks agree (all-reduce) or their weights would diverge."""
-    flag = (~torch.isfinite(loss)).to(torch.float32).reshape(1)
+def step_flags(loss: torch.Tensor, stop: bool, distributed: bool) -> torch.Tensor:
+    """[loss not finite, stop requested] as a device tensor, agreed across ranks (all-reduce MAX: any
+    rank's NaN loss or stop signal counts for all, or their weights and steps would diverge). No host
+    sync here: the scaler reads it with the gradient check, once per step."""
+    flags = torch.stack([(~torch.isfinite(loss)).to(torch.float32).reshape(()), torch.zeros((), device=loss.device)])
+    if stop:
+        flags[1].fill_(1.0)
     if distributed:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags

@@ -2,7 +2,10 @@
 weights (optimizer, LR schedule, loss scaler, gradient accumulation, the weight EMA) and validation.
 
 ``train_step`` is one optimizer step: ``accumulate_grad_batches`` micro-batches through the step
-executor (src.training.step), then clipping, the step and the EMA update. A step whose loss (on any
+executor (src.training.step), then clipping, the step and the EMA update. Each micro-batch's
+randomness (dropout, stochastic depth, mixing) is seeded from its place in the global batch (seed,
+step, micro-batch), never from the rank, so how a global batch is split over processes and
+accumulation does not change the weights (src.data.sampler feeds the same images either way). A step whose loss (on any
 rank) or gradients are not finite is skipped and counted; too many non-finite losses in a row stop
 the run. The epoch loop, checkpoints and logs are the run's (src.training.loop).
 """
@@ -30,7 +33,7 @@ from src.training.lr_generator import LRSchedule
 from src.training.network import channels_last, wrap_model
 from src.training.optimizer import build_optimizer
 from src.training.progressive import StageSettings
-from src.training.step import Mixing, StepExecutor, nonfinite_loss
+from src.training.step import Mixing, StepExecutor, seed_micro_batch, step_flags
 
 
 @dataclass
@@ -42,6 +45,7 @@ class StepStats:
     images: int  # images trained on (unreadable ones left out)
     broken: int  # unreadable images skipped
     waited: float  # seconds spent waiting for the data loader
+    stop: bool = False  # a stop signal arrived on some rank: every rank stops after this step
 
 
 def optimizer_from_config(model: nn.Module, cfg: Config, lr: float) -> torch.optim.Optimizer:
@@ -99,9 +103,10 @@ class Trainer:
             qat.start_epoch(self.model, epoch)
 
     def train_step(self, batches: Iterator[Batch], global_step: int, stage: StageSettings,
-                   where: str, last_checkpoint: str | None) -> StepStats:
+                   where: str, last_checkpoint: str | None, stop: bool = False) -> StepStats:
         """One optimizer step over the next ``accumulate_grad_batches`` micro-batches of ``batches``.
 
+        ``stop``: this process was asked to stop; the ranks agree on it with the step's flags.
         ``where`` ("epoch E step S") and ``last_checkpoint`` go into the warnings and the error a
         persistently non-finite loss raises."""
         cfg, accum = self.cfg, self.cfg.accumulate_grad_batches
@@ -115,32 +120,36 @@ class Trainer:
             waited += time.perf_counter() - start
             broken += len(batch.broken)
             images += batch.labels.numel()
-            mixing = Mixing(stage.mixup, cfg.cutmix, (cfg.seed, global_step, micro, self.info.rank))
+            position = (cfg.seed, global_step, self.info.rank * accum + micro)  # the micro-batch's place in the step
+            seed_micro_batch(position)
+            mixing = Mixing(stage.mixup, cfg.cutmix, position)
             loss_sum += self.executor.forward_backward(batch, accum, micro == accum - 1, stage.image_size, mixing)
         loss = loss_sum / accum
-        self._optimizer_step(loss, where, last_checkpoint)
-        return StepStats(loss, lr, images, broken, waited)
+        stop = self._optimizer_step(loss, where, last_checkpoint, stop)
+        return StepStats(loss, lr, images, broken, waited, stop)
 
-    def _optimizer_step(self, loss: torch.Tensor, where: str, last_checkpoint: str | None) -> bool:
-        """Clip, step, update the EMA; a non-finite loss (any rank) or gradient skips the step."""
+    def _optimizer_step(self, loss: torch.Tensor, where: str, last_checkpoint: str | None, stop: bool) -> bool:
+        """Clip, step, update the EMA; a non-finite loss (any rank) or gradient skips the step.
+        Returns whether some rank asked to stop."""
         cfg = self.cfg
-        bad_loss = nonfinite_loss(loss, self.info.distributed)
+        flags = step_flags(loss, stop, self.info.distributed)
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_([q for q in self.model.parameters() if q.grad is not None], cfg.grad_clip)
-        # One host read per step, for loss and gradients together (in scaler.step), as GradScaler's own step has;
-        # a skip with no read at all needs optimizers that take a device found_inf (torch's fused ones, not RMSpropTF).
-        applied = self.scaler.step(self.optimizer, bad_loss)
+        # One host read per step, for loss, stop request and gradients together (in scaler.step), as
+        # GradScaler's own step has; a skip with no read at all needs optimizers that take a device found_inf
+        # (torch's fused ones, not RMSpropTF).
+        applied, stop = self.scaler.step(self.optimizer, flags)
         self.optimizer.zero_grad(set_to_none=True)
         if applied:
             self.nonfinite_streak = 0
             if self.ema is not None:
                 self.ema.update(self.model)
-            return True
-        if not bad_loss.item():  # read on skipped steps only: the gradients overflowed, the loss was finite
+            return stop
+        if not flags[0].item():  # read on skipped steps only: the gradients overflowed, the loss was finite
             self.nonfinite_streak = 0
             self.overflow_total += 1
-            return False
+            return stop
         self.nonfinite_streak += 1
         self.nonfinite_total += 1
         self.log(f"warning: non-finite loss at {where}; step skipped ({self.nonfinite_streak} in a row, "
@@ -150,7 +159,7 @@ class Trainer:
                 f"the loss was NaN/inf for {self.nonfinite_streak} consecutive steps (max_nonfinite_steps); "
                 f"training stopped. Lower --lr_max, set --grad_clip, or use --amp bf16/none. "
                 f"Last good checkpoint: {last_checkpoint or 'none saved yet'}")
-        return False
+        return stop
 
     # ------------------------------------------------------------------------------------------
     # Replicas and validation
