@@ -180,8 +180,8 @@ class Comparison:
     images: int
     fp32_top1: float
     int8_top1: float
-    fp32_top5: float
-    int8_top5: float
+    fp32_top5: float | None  # None with 5 classes or fewer (src.common.topk)
+    int8_top5: float | None
     agreement: float  # fraction of images whose top-1 class is the same in both models
     fp32_images_per_s: float = float("nan")  # onnxruntime alone (decoding excluded), at the runner's batch
     int8_images_per_s: float = float("nan")
@@ -192,12 +192,16 @@ class Comparison:
         return [
             f"int8 vs fp32 on {self.images} images (onnxruntime CPU, batch {self.batch_size}):",
             f"{'':6} {'top-1':>8} {'top-5':>8} {'images/s':>9}",
-            f"{'fp32':6} {self.fp32_top1:8.5f} {self.fp32_top5:8.5f} {self.fp32_images_per_s:9.1f}",
-            f"{'int8':6} {self.int8_top1:8.5f} {self.int8_top5:8.5f} {self.int8_images_per_s:9.1f}",
-            f"{'change':6} {self.int8_top1 - self.fp32_top1:+8.5f} {self.int8_top5 - self.fp32_top5:+8.5f} "
-            f"{speedup:8.2f}x",
+            f"{'fp32':6} {self.fp32_top1:8.5f} {_cell(self.fp32_top5)} {self.fp32_images_per_s:9.1f}",
+            f"{'int8':6} {self.int8_top1:8.5f} {_cell(self.int8_top5)} {self.int8_images_per_s:9.1f}",
+            f"{'change':6} {self.int8_top1 - self.fp32_top1:+8.5f} "
+            f"{_cell(None if self.fp32_top5 is None else self.int8_top5 - self.fp32_top5, '+')} {speedup:8.2f}x",
             f"int8 and fp32 agree on the top-1 class of {self.agreement:.5f} of the images",
         ]
+
+
+def _cell(value: float | None, sign: str = "") -> str:
+    return f"{'n/a':>8}" if value is None else f"{value:{sign}8.5f}"
 
 
 def compare_accuracy(fp32_path: str | os.PathLike, int8_path: str | os.PathLike,

@@ -20,6 +20,7 @@ from infer.inputs import collect_inputs
 from infer.metadata import ModelInfo, parse_metadata
 from infer.pipeline import iter_batches
 from infer.report import Timing, topk_accuracy
+from src.common.topk import NOT_SHOWN, TOP_K, shows_top_k
 from infer.session import DEVICE_TARGETS, DeviceError, create_session
 from src.common.class_mapping import map_classes, output_names
 from src.common.errors import InputError, ModelLoadError
@@ -231,7 +232,8 @@ def run_inference(
     if folder_to_model is not None:
         labels = folder_to_model[np.asarray([inputs.labels[i] for i in indices], np.int64)]
         if len(labels):
-            top1, top5 = topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5)
+            top1 = topk_accuracy(logits, labels, 1)
+            top5 = topk_accuracy(logits, labels, TOP_K) if shows_top_k(io.num_outputs) else None
     return InferenceResult(
         files=[inputs.files[i] for i in indices],
         logits=logits,
@@ -272,6 +274,6 @@ def report_lines(result: InferenceResult) -> list[str]:
             lines.append("top-1 accuracy: n/a (no readable images)")
         else:
             lines.append(f"top-1 accuracy: {result.top1:.5f}")
-            lines.append(f"top-5 accuracy: {result.top5:.5f}")
+            lines.append(NOT_SHOWN if result.top5 is None else f"top-5 accuracy: {result.top5:.5f}")
     lines += result.timing.lines()
     return lines

@@ -285,7 +285,7 @@ def test_torchvision_state_dict_evaluates_through_run_eval_sh(files, tmp_path, c
     expected = int(np.trace(confusion))
     assert _predicted_classes(confusion) == 3  # the calibrated model answers every class for some image
     assert result["images"] == TV_IMAGES and result["num_classes"] == 3
-    assert result["top_k"] == 3 and result["Top_5_Acc"] == 1.0  # top-k with k = min(5, 3 classes)
+    assert result["Top_5_Acc"] is None and result["top_k_shown"] is False  # 3 classes: top-5 means nothing
     assert result["preprocess"] == B0_SMALL.to_dict()  # --crop 32 alone keeps B0's 256/224 ratio -> 37
     assert np.array_equal(_read_confusion(out_csv), confusion)  # image by image as torchvision answers
     assert result["correct_top1"] == expected

@@ -251,3 +251,24 @@ def test_save_curves_png_with_no_validation(tmp_path):
         assert image.size == (3 * PANEL_W, PANEL_H)
         image = image.convert("RGB")
     assert [_has_color(image, COLORS[0], p, 40) for p in range(3)] == [True, False, True]
+
+
+def test_top_k_is_shown_only_for_more_classes_than_k():
+    """Top-5 of 5 classes or fewer is 100% by construction: the logs, eval.py and the runner leave it out."""
+    from src.common.topk import NOT_SHOWN, shows_top_k
+    from src.evaluation.metrics import EvalResult, format_result_line, format_summary
+
+    assert [shows_top_k(n) for n in (2, 5, 6, 1000)] == [False, False, True, True]
+    assert format_val_line(3, 30, 0.5, None) == "val: epoch: [  3/ 30], top-1: 0.50000"
+    assert format_val_line(3, 30, 0.5, 0.75, 1.25) == "val: epoch: [  3/ 30], top-1: 0.50000, top-5: 0.75000, loss: 1.2500"
+
+    def result(classes: int) -> EvalResult:
+        return EvalResult(loss_sum=2.0, correct1=1, correctk=2, count=2, confusion=np.eye(classes, dtype=np.int64)[:classes],
+                          top_k=min(5, classes), seconds=1.0)
+
+    few, many = result(3), result(6)
+    assert few.top5 is None and many.top5 == 1.0
+    assert format_result_line(few, "c.pth").endswith("'Top_5_Acc': None} ckpt = c.pth")
+    assert NOT_SHOWN in format_summary(few, ["a", "b", "c"]) and "top-5: 100.000% (2/2)" in format_summary(
+        many, list("abcdef"))
+    assert few.to_dict(["a", "b", "c"])["Top_5_Acc"] is None and many.to_dict(list("abcdef"))["Top_5_Acc"] == 1.0

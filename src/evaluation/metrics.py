@@ -25,12 +25,12 @@ from torch import nn
 from src.evaluation.mistakes import MistakeRecorder
 from src.runtime.amp import AMP_DTYPES, autocast
 from src.data.transforms import to_device_normalized
+from src.common.topk import NOT_SHOWN, TOP_K, shows_top_k
 from src.runtime.distributed import all_reduce_sum, is_initialized
 
 __all__ = ["TOP_K", "WORST_CLASSES", "EvalResult", "evaluate", "format_result_line",
            "format_summary", "write_confusion_csv"]
 
-TOP_K = 5  # the "top-5" of ImageNet reporting; min(TOP_K, num_classes) when there are fewer classes
 WORST_CLASSES = 5  # how many of the lowest-accuracy classes the summary names
 # Slots of the packed scalar sums reduced across ranks in one call.
 _LOSS, _TOP1, _TOPK, _COUNT, _BROKEN = range(5)
@@ -69,8 +69,15 @@ class EvalResult:
         return self.correct1 / self.count if self.count else math.nan
 
     @property
-    def top5(self) -> float:
-        """Top-k accuracy with k = min(5, number of classes)."""
+    def shows_top5(self) -> bool:
+        """Top-5 means something only for more than 5 classes (src.common.topk)."""
+        return shows_top_k(self.num_classes, self.top_k)
+
+    @property
+    def top5(self) -> float | None:
+        """Top-5 accuracy; None with 5 classes or fewer (every image would count)."""
+        if not self.shows_top5:
+            return None
         return self.correctk / self.count if self.count else math.nan
 
     @property
@@ -112,16 +119,17 @@ class EvalResult:
     def to_dict(self, classes: Sequence[str]) -> dict[str, Any]:
         """The metric part of eval.py's JSON (ModelZoo key names first)."""
         return {"Loss": _finite_or_none(self.loss), "Top_1_Acc": _finite_or_none(self.top1),
-                "Top_5_Acc": _finite_or_none(self.top5), "top_k": self.top_k, "images": self.count,
-                "correct_top1": self.correct1, "correct_top5": self.correctk,
+                "Top_5_Acc": _finite_or_none(self.top5), "top_k": self.top_k, "top_k_shown": self.shows_top5,
+                "images": self.count, "correct_top1": self.correct1,
+                "correct_top5": self.correctk if self.shows_top5 else None,
                 "unreadable_images": self.broken, "seconds": self.seconds,
                 "images_per_sec": _finite_or_none(self.images_per_sec),
                 "per_class": self.per_class(classes),
                 "per_class_summary": self.per_class_summary(classes)}
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -232,18 +240,19 @@ def evaluate(model: nn.Module, loader: Iterable[Any], device: torch.device | str
 # --------------------------------------------------------------------------------------------
 def format_result_line(result: EvalResult, ckpt: str) -> str:
     """ModelZoo's line: ``result: {'Loss': 1.7495, 'Top_1_Acc': 0.7980, 'Top_5_Acc': 0.9469} ckpt = <path>``."""
-    return (f"result: {{'Loss': {result.loss:.4f}, 'Top_1_Acc': {result.top1:.4f}, "
-            f"'Top_5_Acc': {result.top5:.4f}}} ckpt = {ckpt}")
+    top5 = "None" if result.top5 is None else f"{result.top5:.4f}"
+    return f"result: {{'Loss': {result.loss:.4f}, 'Top_1_Acc': {result.top1:.4f}, 'Top_5_Acc': {top5}}} ckpt = {ckpt}"
 
 
 def format_summary(result: EvalResult, classes: Sequence[str]) -> str:
     """Readable multi-line summary: counts, throughput, per-class spread and the worst classes."""
     k = result.top_k
+    topk = (f"top-{k}: {result.top5 * 100:.3f}% ({result.correctk}/{result.count})" if result.shows_top5
+            else NOT_SHOWN)
     lines = [f"images: {result.count} scored"
              + (f", {result.broken} unreadable skipped" if result.broken else "")
              + f" in {result.seconds:.1f} s ({result.images_per_sec:.1f} images/s)",
-             f"top-1: {result.top1 * 100:.3f}% ({result.correct1}/{result.count}), "
-             f"top-{k}: {result.top5 * 100:.3f}% ({result.correctk}/{result.count}), "
+             f"top-1: {result.top1 * 100:.3f}% ({result.correct1}/{result.count}), {topk}, "
              f"loss (cross-entropy): {result.loss:.4f}"]
     summary = result.per_class_summary(classes)
     if summary["classes_with_images"]:

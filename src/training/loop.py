@@ -400,9 +400,9 @@ def report(run: Run, result: TrainResult) -> None:
     """The closing lines: accuracy, best checkpoint, skipped steps and images."""
     val = result.last_val
     if "model_top1" in val:
-        line = f"final accuracy: top-1 {val['model_top1']:.5f}, top-5 {val['model_top5']:.5f}"
-        if "ema_top1" in val:
-            line += f"; EMA top-1 {val['ema_top1']:.5f}, top-5 {val['ema_top5']:.5f}"
+        line = "final accuracy: " + "; EMA ".join(
+            f"top-1 {val[f'{tag}_top1']:.5f}" + ("" if val[f"{tag}_top5"] is None else f", top-5 {val[f'{tag}_top5']:.5f}")
+            for tag in ("model", "ema") if f"{tag}_top1" in val)
         run.log(line + f" ({val['model_count']} validation images)")
     elif run.data.val is None:
         run.log("final accuracy: no validation set (add DIR/val/<class>/* or set --val_split)")

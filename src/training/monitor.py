@@ -51,10 +51,13 @@ def format_epoch_line(epoch_ms: float, per_step_ms: float, avg_loss: float, img_
     return line if broken_images == 0 else f"{line}, broken images: {broken_images}"
 
 
-def format_val_line(epoch: int, epochs: int, top1: float, top5: float, loss: float | None = None,
+def format_val_line(epoch: int, epochs: int, top1: float, top5: float | None, loss: float | None = None,
                     tag: str | None = None) -> str:
+    """``val: epoch: [  3/ 30], top-1: 0.98162, top-5: 1.00000, loss: 0.2044``; top-5 only when it means
+    something (more than 5 classes: src.common.topk)."""
     name = f"val({tag})" if tag else "val"
-    line = f"{name}: epoch: [{epoch:3d}/{epochs:3d}], top-1: {top1:.5f}, top-5: {top5:.5f}"
+    line = f"{name}: epoch: [{epoch:3d}/{epochs:3d}], top-1: {top1:.5f}"
+    line += "" if top5 is None else f", top-5: {top5:.5f}"
     return line if loss is None else f"{line}, loss: {loss:.4f}"
 
 
@@ -205,7 +208,7 @@ class TrainMonitor:
                                  broken_images=broken_images)
         return summary
 
-    def log_val(self, epoch: int, top1: float, top5: float, loss: float | None = None,
+    def log_val(self, epoch: int, top1: float, top5: float | None, loss: float | None = None,
                 tag: str | None = None) -> None:
         """Validation after ``epoch`` (0-based index; logged and recorded 1-based like every epoch
         number a user sees); ``tag`` separates e.g. the EMA model ('ema')."""
