@@ -184,6 +184,10 @@ class Config:
     pretrained: str | None = _key(None, "str", "initial weights: imagenet, a registry name (python -m src.models "
                                   "--weights), hf-hub:OWNER/REPO or a file path", nullable=True)
     freeze_backbone: bool = _key(False, "bool", "train only the classifier")
+    linear_probe: bool = _key(False, "bool", "before fine-tuning, fit the classifier on frozen features of the training "
+                              "images (logistic regression, L2 by cross-validation: LP-FT); needs --pretrained")
+    freeze_bn: bool = _key(False, "bool", "BatchNorm keeps the pretrained running statistics while its scale and "
+                           "shift train (eval-mode BN: for small batches and small data)")
     padding: str = _key("auto", "str", "conv padding: same = TensorFlow's (Google's checkpoints), symmetric = "
                         "PyTorch's; auto = what the pretrained weights need", choices=("auto", *PADDINGS))
     bn_eps: float | None = _key(None, "float", "BatchNorm epsilon; null = the pretrained weights' or the variant's",

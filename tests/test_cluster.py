@@ -127,9 +127,10 @@ STOPPED = re.compile(r"preempted at epoch (\d+) step (\d+): checkpoint (\S+) \(w
 
 
 def test_sigterm_checkpoints_the_step_reached_and_the_same_command_continues(data, reference, tmp_path):
-    """A 1-process run (accumulate 2) stopped by SIGTERM (twice: the second lands during the save)."""
+    """A 1-process run (accumulate 2, a loader worker) stopped by SIGTERM (twice: the second lands during the
+    save); the process exits (its worker too) and the same command continues."""
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
-    command = train_py(*args(data, run_dir, "--accumulate_grad_batches", "2"))
+    command = train_py(*args(data, run_dir, "--accumulate_grad_batches", "2", "--num_workers", "1"))
     proc = start(command, log)
     wait_for(log, r"step:\[\s+2/", proc)
     proc.send_signal(signal.SIGTERM)

@@ -296,11 +296,11 @@ def test_module_entry_point_markdown_and_error_exit() -> None:
 # --- fine-tune defaults ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("images,expected", [
-    (500, (5e-4, 30, 16, 0.3)),
-    (999, (5e-4, 30, 16, 0.3)),
-    (1000, (1e-3, 18, 32, 0.2)),
-    (19_999, (1.5e-3, 12, 64, 0.15)),
-    (50_000, (1.5e-3, 12, 64, 0.15)),
+    (500, (2e-4, 6, 16, 0.3)),
+    (999, (2e-4, 6, 16, 0.3)),
+    (1000, (2e-4, 4, 32, 0.2)),
+    (19_999, (3e-4, 3, 64, 0.15)),
+    (50_000, (3e-4, 3, 64, 0.15)),
 ])
 def test_finetune_tiers(images: int, expected: tuple) -> None:
     cfg = load_config([])
@@ -311,8 +311,8 @@ def test_finetune_tiers(images: int, expected: tuple) -> None:
 def test_finetune_keeps_explicit_keys_and_explains(tmp_path: Path) -> None:
     cfg = load_config(["--config", write_yaml(tmp_path, {"lr_max": 0.01}), "--batch_size", "8"])
     lines = apply_finetune_defaults(cfg, 1500)
-    assert (cfg.lr_max, cfg.epoch_size, cfg.batch_size, cfg.dropout) == (0.01, 18, 8, 0.2)
-    assert lines == ["finetune_auto: 1,500 training images (1,000 to 4,999) -> epoch_size 18, dropout 0.2",
+    assert (cfg.lr_max, cfg.epoch_size, cfg.batch_size, cfg.dropout) == (0.01, 4, 8, 0.2)
+    assert lines == ["finetune_auto: 1,500 training images (1,000 to 4,999) -> epoch_size 4, dropout 0.2",
                      "finetune_auto: kept values you set: lr_max 0.01, batch_size 8"]
 
 
@@ -320,8 +320,9 @@ def test_finetune_yaml_leaves_the_auto_keys_to_the_picker() -> None:
     cfg = load_config(["--config", str(CONFIG_DIR / "finetune.yaml")])
     assert cfg.finetune_auto and cfg.pretrained == "imagenet"
     assert not {"lr_max", "epoch_size", "batch_size", "dropout"} & cfg.explicit
+    assert cfg.linear_probe and cfg.freeze_bn  # LP-FT on frozen BatchNorm statistics: the recipe's core
     apply_finetune_defaults(cfg, 3000)
-    assert (cfg.lr_max, cfg.epoch_size, cfg.batch_size, cfg.dropout) == (1e-3, 18, 32, 0.2)
+    assert (cfg.lr_max, cfg.epoch_size, cfg.batch_size, cfg.dropout) == (2e-4, 4, 32, 0.2)
 
 
 def test_finetune_yaml_light_augment_is_mild_crops_without_randaugment() -> None:

@@ -103,3 +103,11 @@ def make_val_loader(cfg: Config, data: DataBundle, info: DistInfo) -> DataLoader
     dataset = data.val.eval_dataset(build_eval_transform(data.preprocess))
     return eval_loader(dataset, info.rank, info.world_size, cfg.eval_batch_size or cfg.batch_size,
                        **loader_options(cfg, info))
+
+
+def make_probe_loader(cfg: Config, data: DataBundle, info: DistInfo) -> DataLoader:
+    """The training images through the eval preprocessing (at the run's size, no augmentation), each
+    once across the processes: what the linear probe's features are computed from."""
+    dataset = data.train.eval_dataset(build_eval_transform(data.preprocess))
+    return eval_loader(dataset, info.rank, info.world_size, cfg.eval_batch_size or cfg.batch_size,
+                       **loader_options(cfg, info))

@@ -37,10 +37,11 @@ from src.runtime.distributed import (MAX_PROBE_SECONDS, DistInfo, barrier, init_
 from src.runtime.host_memory import reuse_freed_memory_if_requested
 from src.training.best import EarlyStopping, is_improvement
 from src.training.checkpoints import BEST_TAG, STOPPED_KEY, CheckpointManager, restore_rng_state, rng_state
-from src.training.data import DataBundle, make_train_loader, make_val_loader, plan_epoch
+from src.training.data import DataBundle, make_probe_loader, make_train_loader, make_val_loader, plan_epoch
 from src.training.errors import ProcessTimeout, TrainOutOfMemory
 from src.training.monitor import TrainMonitor, format_lr
-from src.training.network import build_network
+from src.training.network import build_network, channels_last
+from src.training.probe import probe_head
 from src.training.preemption import StopRequest, Stopped, stop_requests
 from src.training.preflight import prepare
 from src.training.progressive import StageSettings, set_dropout, stage_settings
@@ -141,6 +142,8 @@ def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
     model = build_network(cfg, data.num_classes, info, resuming=ckpt is not None)
     run_dir = _agreed_run_dir(cfg, info)
     monitor = TrainMonitor(run_dir, cfg.epoch_size, steps, cfg.log_interval, info.is_main, device=info.device)
+    if cfg.linear_probe and ckpt is None:  # before the trainer: the EMA and DDP start from the fitted head
+        linear_probe(cfg, data, model, info, monitor.log)
     run = Run(
         cfg=cfg, info=info, data=data,
         trainer=Trainer(cfg, info, model, data.num_classes, data.preprocess, steps, monitor.log),
@@ -154,6 +157,17 @@ def build_run(cfg: Config, data: DataBundle, ckpt: dict | None) -> Run:
     if ckpt is not None:
         restore(run, ckpt)
     return run
+
+
+def linear_probe(cfg: Config, data: DataBundle, model: torch.nn.Module, info: DistInfo, log: Any) -> None:
+    """LP-FT's first stage (src.training.probe): the classifier fitted on frozen features, with one line."""
+    start = time.perf_counter()
+    pre = data.preprocess
+    probe = probe_head(model, make_probe_loader(cfg, data, info), data.num_classes, pre.mean, pre.std, info.device,
+                       channels_last(cfg))
+    log(f"linear probe: {len(data.train)} training images at {pre.crop} px, {model.classifier[1].in_features} "
+        f"features -> {data.num_classes} classes; L2 {probe.l2:g} (cross-validated accuracy "
+        f"{probe.cv_accuracy:.3f}), training accuracy {probe.train_accuracy:.3f}; {time.perf_counter() - start:.1f} s")
 
 
 def describe(run: Run) -> None:

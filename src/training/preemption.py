@@ -9,9 +9,9 @@ step, and the process exits with ``EXIT_PREEMPTED`` (SIGTERM, SIGUSR1) or ``EXIT
 a person's Ctrl-C). A second signal while the checkpoint is written changes nothing: the write is
 atomic (src.models.files.atomic_save); a second Ctrl-C raises KeyboardInterrupt, as Ctrl-C does.
 
-DataLoader workers ignore these signals (``ignore_in_worker``): a signal sent to the whole process
-group (Ctrl-C in a terminal, some schedulers) must not kill a worker under the loader the main
-process is about to finish its step with.
+DataLoader workers ignore SIGINT and SIGUSR1 (``ignore_in_worker``): Ctrl-C in a terminal reaches
+the whole process group and must not kill a worker under the loader the main process is about to
+finish its step with. They keep SIGTERM: Python's multiprocessing ends its children with it at exit.
 """
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ def stop_requests() -> Iterator[StopRequest]:
 
 
 def ignore_in_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: stop signals are the main process's to handle."""
-    for sig in STOP_SIGNALS:
+    """DataLoader ``worker_init_fn``: SIGINT and SIGUSR1 are the main process's to handle (SIGTERM stays:
+    multiprocessing terminates workers with it when the process exits)."""
+    for sig in (signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)

@@ -71,8 +71,9 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
     if data.val is None:
         notes.append("note: no validation set (add DIR/val/<class>/* or set --val_split): no accuracy, best "
                      "checkpoint or early stopping in this run")
-    if cfg.freeze_backbone and not cfg.pretrained and ckpt is None:
-        notes.append("warning: --freeze_backbone without --pretrained trains a classifier on random features")
+    for key in ("freeze_backbone", "linear_probe"):
+        if getattr(cfg, key) and not cfg.pretrained and ckpt is None:
+            notes.append(f"warning: --{key} without --pretrained fits a classifier to random features")
     data.num_classes = resolve_num_classes(cfg, data.classes, notes)
     fit_batch_to_data(cfg, len(data.train), world, notes)
     check_batch_for_batchnorm(cfg, data.image_size)

@@ -94,11 +94,16 @@ class Trainer:
     # Training
     # ------------------------------------------------------------------------------------------
     def train_mode(self, epoch: int) -> None:
-        """Train mode; a frozen backbone stays in eval so its BN statistics and stochastic depth stay off.
-        QAT observers follow the data in the first epochs only."""
+        """Train mode; a frozen backbone stays in eval so its BN statistics and stochastic depth stay off,
+        and with freeze_bn every BatchNorm keeps its running statistics. QAT observers follow the data in
+        the first epochs only."""
         self.model.train()
         if self.cfg.freeze_backbone:
             self.model.features.eval()
+        elif self.cfg.freeze_bn:  # the pretrained running statistics stay; scale and shift still train
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         if self.cfg.qat:
             qat.start_epoch(self.model, epoch)
 
