@@ -516,7 +516,8 @@ def test_finetune_frozen_backbone_from_weight_file(data2, tmp_path, capsys):
     assert "finetune_auto: 48 training images (under 1,000) -> epoch_size" not in out  # epoch_size was given
     assert "finetune_auto: 48 training images (under 1,000) -> dropout 0.3" in out
     assert "kept values you set: lr_max 0.01, epoch_size 1, batch_size 4" in out
-    assert "warning: only 48 training images; expect overfitting - consider stronger --augment\n" in out
+    assert ("warning: only 48 training images; expect overfitting - consider --linear_probe true or stronger "
+            "--augment\n") in out
     trained = weights(tmp_path / "run" / "efficientnet_b0-1_12.pth")
     original = source.state_dict()
     assert_same_weights({k: v for k, v in trained.items() if k.startswith("features.")},

@@ -60,9 +60,11 @@ def prepare(cfg: Config, check_only: bool = False) -> tuple[Config, DataBundle, 
              f"images, {len(data.classes)} classes", device_note, *auto_notes, *data_notes]
     if cfg.finetune_auto and ckpt is None:
         notes += apply_finetune_defaults(cfg, len(data.train))
-    if len(data.train) < FEW_IMAGES_WARNING:
-        remedies = [] if cfg.pretrained or ckpt is not None else ["--pretrained imagenet"]
-        remedies += ["stronger --augment"] + ([] if cfg.freeze_backbone else ["--freeze_backbone true"])
+    has_weights = bool(cfg.pretrained) or ckpt is not None
+    if len(data.train) < FEW_IMAGES_WARNING and not (cfg.linear_probe and has_weights):  # LP-FT is made for this
+        remedies = [] if has_weights else ["--pretrained imagenet"]
+        remedies += ["--linear_probe true", "stronger --augment"]
+        remedies += [] if cfg.freeze_backbone else ["--freeze_backbone true"]
         notes.append(f"warning: only {len(data.train)} training images; expect overfitting - consider "
                      f"{', '.join(remedies[:-1])}{' or ' if len(remedies) > 1 else ''}{remedies[-1]}")
     if cfg.checkpoint_path:
