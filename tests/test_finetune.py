@@ -105,3 +105,28 @@ def test_freeze_bn_keeps_the_running_statistics_and_trains_the_affine_parameters
     trainer.train_mode(0)
     model(torch.randn(4, 3, 32, 32))
     assert not torch.equal(norms[0].running_mean, before)  # without freeze_bn they follow the batches
+
+
+def _gather_on_rank(rank: int, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from src.training.probe import gather
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        rows = (torch.arange(6.0).reshape(3, 2) + 100 * rank)[:3 - rank]  # 3 rows on rank 0, 2 on rank 1
+        expected = torch.cat([torch.arange(6.0).reshape(3, 2), torch.arange(4.0).reshape(2, 2) + 100])
+        assert torch.equal(gather(rows), expected)
+        assert gather(torch.full((rank + 1,), rank)).tolist() == [0, 1, 1]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_probe_gathers_every_process_features_in_rank_order():
+    """Under torchrun the probe fits on all training images: uneven shares, rank order, on every rank (gloo)."""
+    from tests.test_distributed import _free_port
+
+    torch.multiprocessing.spawn(_gather_on_rank, args=(_free_port(),), nprocs=2)

@@ -98,16 +98,16 @@ def make_train_loader(cfg: Config, data: DataBundle, stage: StageSettings, sampl
 
 def make_val_loader(cfg: Config, data: DataBundle, info: DistInfo) -> DataLoader | None:
     """Every validation image once across the processes, through the eval preprocessing."""
-    if data.val is None:
-        return None
-    dataset = data.val.eval_dataset(build_eval_transform(data.preprocess))
-    return eval_loader(dataset, info.rank, info.world_size, cfg.eval_batch_size or cfg.batch_size,
-                       **loader_options(cfg, info))
+    return None if data.val is None else _eval_loader_of(data.val, cfg, data, info)
 
 
 def make_probe_loader(cfg: Config, data: DataBundle, info: DistInfo) -> DataLoader:
     """The training images through the eval preprocessing (at the run's size, no augmentation), each
     once across the processes: what the linear probe's features are computed from."""
-    dataset = data.train.eval_dataset(build_eval_transform(data.preprocess))
+    return _eval_loader_of(data.train, cfg, data, info)
+
+
+def _eval_loader_of(split: Split, cfg: Config, data: DataBundle, info: DistInfo) -> DataLoader:
+    dataset = split.eval_dataset(build_eval_transform(data.preprocess))
     return eval_loader(dataset, info.rank, info.world_size, cfg.eval_batch_size or cfg.batch_size,
                        **loader_options(cfg, info))

@@ -10,9 +10,9 @@ from src.config import Config
 # Fine-tuning tiers by training-set size: (max images, lr_max, epoch_size, batch_size, dropout).
 # They sit on LP-FT with frozen BatchNorm statistics (configs/finetune.yaml: linear_probe, freeze_bn):
 # the head starts fitted, so a low LR and a few epochs keep the pretrained features instead of
-# re-learning them; smaller sets get smaller batches (enough steps) and more dropout, never more
-# epochs (``python benchmark.py finetune`` measured 6 epochs at 2e-4 ahead of longer and faster runs
-# on every small set tried; README "Fine-tune"). Above the last bound the 5k-20k tier is kept.
+# re-learning them; smaller sets get smaller batches (enough steps) and more dropout, not more
+# epochs (``python benchmark.py finetune``'s sweep, docs/benchmarks.md: 3 epochs lost on digits, lr
+# 5e-4 gained nowhere consistently). Above the last bound the 5k-20k tier is kept (not measured).
 FINETUNE_TIERS: tuple[tuple[int, float, int, int, float], ...] = (
     (1_000, 2e-4, 6, 16, 0.3),
     (5_000, 2e-4, 4, 32, 0.2),

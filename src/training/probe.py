@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from src.data.dataset import Batch
 from src.data.transforms import to_device_normalized
+from src.runtime.distributed import is_initialized
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # of mean cross-entropy + l2 / 2 * ||W||^2 (per-image scale)
 FOLDS = 3
@@ -112,19 +113,13 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int) ->
     return Probe(weight, bias, l2, cv_accuracy, train_accuracy)
 
 
-def gather(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Every process's rows of ``tensor`` (different counts per process), on every process."""
-    if not (dist.is_available() and dist.is_initialized()):
+def gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``tensor`` (different counts per process), in rank order, on every process."""
+    if not is_initialized():
         return tensor
-    count = torch.tensor([len(tensor)], device=device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    largest = int(max(c.item() for c in counts))
-    padded = torch.zeros((largest, *tensor.shape[1:]), dtype=tensor.dtype, device=device)
-    padded[:len(tensor)] = tensor.to(device)
-    parts = [torch.zeros_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[:int(c.item())] for part, c in zip(parts, counts)]).cpu()
+    parts: list[torch.Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, tensor.cpu())
+    return torch.cat([part for part in parts if part is not None])
 
 
 def probe_head(model: nn.Module, loader: DataLoader, num_classes: int, mean: tuple, std: tuple,
@@ -132,13 +127,13 @@ def probe_head(model: nn.Module, loader: DataLoader, num_classes: int, mean: tup
     """Fit the probe on the training images of ``loader`` (this process's share) and put it into
     ``model.classifier[1]`` on every process."""
     features, labels = pooled_features(model, loader, mean, std, device, channels_last)
-    features, labels = gather(features, device), gather(labels, device)
+    features, labels = gather(features), gather(labels)
     probe = fit_probe(features, labels, num_classes)
     linear = model.classifier[1]
     with torch.no_grad():
         linear.weight.copy_(probe.weight.to(linear.weight.device))
         linear.bias.copy_(probe.bias.to(linear.bias.device))
-        if dist.is_available() and dist.is_initialized():  # rank 0's fit for all (float ties across CPUs)
+        if is_initialized():  # rank 0's fit for all (float ties across CPUs)
             dist.broadcast(linear.weight, src=0)
             dist.broadcast(linear.bias, src=0)
     return probe
