@@ -17,7 +17,7 @@ install: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
 install-demo: $(if $(VIRTUAL_ENV),,$(VENV)/bin/python)
 	$(PY) -m pip install -q -r requirements-demo.txt
 
-# Run the whole test suite (CPU only, about 6 minutes on 2 cores after the install: 792 tests).
+# Run the whole test suite (CPU only, about 6 minutes on 2 cores after the install: 793 tests).
 test: install
 	$(PY) -m pytest -q -n 2 tests
 
